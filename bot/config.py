@@ -1,0 +1,389 @@
+"""Typed settings read from a YAML file, checked once at start.
+
+Strings may use ``${VAR}`` (VAR must be set) and ``${VAR:-default}`` (default when VAR is unset
+or empty); values are interpolated first, then converted to the field's type, so an
+environment variable can fill any field. Anything wrong is refused with a ``ConfigError`` that
+names the dotted key and the reason, e.g. ``engine.device: must be one of auto, cpu, cuda
+(got 'gpu')``.
+
+This module runs in the bot process: standard library and yaml only (never torch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+__all__ = [
+    "AdminSettings",
+    "ConfigError",
+    "DiscordSettings",
+    "EngineSettings",
+    "LimitSettings",
+    "Settings",
+    "StorageSettings",
+    "TelegramSettings",
+    "default_config_path",
+    "load_settings",
+]
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message says which key and why."""
+
+
+def _setting(default: Any, *, secret: bool = False, **rules: Any) -> Any:
+    """A dataclass field with validation rules in its metadata.
+
+    Rules: choices, min, max, schemes (URL schemes, empty allowed), strip_slash,
+    nonempty, digits (numeric ids). A secret field is left out of repr() and its value is
+    never put in an error message.
+    """
+    return field(default=default, repr=not secret, metadata={"secret": secret, **rules})
+
+
+_HTTP = ("http", "https")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    model: str = _setting("bundled:shapes", nonempty=True)
+    device: str = _setting("auto", choices=("auto", "cpu", "cuda"))
+    max_batch: int = _setting(4, min=1, max=64)
+    dtype: str = _setting("auto", choices=("auto", "float32", "float16", "bfloat16"))
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    # Relative paths are resolved against the config file's directory by load_settings().
+    db: Path = Path("data/canvas.db")
+    images: Path = Path("data/images")
+
+
+@dataclass(frozen=True)
+class DiscordSettings:
+    token: str = _setting("", secret=True)
+    api_base_url: str = _setting("", schemes=_HTTP, strip_slash=True)
+    gateway_url: str = _setting("", schemes=("ws", "wss"), strip_slash=True)
+    guild_ids: tuple[int, ...] = _setting((), min=1)
+
+
+@dataclass(frozen=True)
+class TelegramSettings:
+    token: str = _setting("", secret=True)
+    api_base_url: str = _setting("", schemes=_HTTP, strip_slash=True)
+    file_base_url: str = _setting("", schemes=_HTTP, strip_slash=True)
+    # A full URL whose path matters, so a trailing slash is kept.
+    webhook_url: str = _setting("", schemes=_HTTP)
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    # User ids as strings; YAML may give them as numbers.
+    discord: frozenset[str] = _setting(frozenset(), digits=True)
+    telegram: frozenset[str] = _setting(frozenset(), digits=True)
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_waiting_per_user: int = _setting(3, min=1)
+    max_queue: int = _setting(100, min=1)
+    max_prompt_chars: int = _setting(1000, min=1)
+    max_image_bytes: int = _setting(10_000_000, min=1)
+    max_image_pixels: int = _setting(16_777_216, min=1)
+    # An empty word would match every prompt, hence nonempty.
+    blocked_words: tuple[str, ...] = _setting((), nonempty=True)
+
+
+@dataclass(frozen=True)
+class Settings:
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    discord: DiscordSettings = field(default_factory=DiscordSettings)
+    telegram: TelegramSettings = field(default_factory=TelegramSettings)
+    admins: AdminSettings = field(default_factory=AdminSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    log_level: str = _setting("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+
+
+def default_config_path() -> Path:
+    """./config.yaml if present, else the config.yaml at the repo root (it may not exist)."""
+    local = Path.cwd() / "config.yaml"
+    if local.is_file():
+        return local
+    return Path(__file__).resolve().parent.parent / "config.yaml"
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, interpolate and validate the config; raise ConfigError if anything is wrong.
+
+    With ``path=None`` the default config path is used, and all defaults if that file does
+    not exist. An explicit path that does not exist is an error.
+    """
+    env = os.environ if env is None else env
+    if path is None:
+        path = default_config_path()
+        if not path.is_file():
+            return _Builder(env, Path.cwd()).build(Settings, {}, "")
+    path = Path(path).expanduser()
+    data = _read_yaml(path)
+    return _Builder(env, path.parent.absolute()).build(Settings, data, "")
+
+
+# --- reading YAML -------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`, resolved by super()
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"'{key}' is set twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> Mapping[Any, Any]:
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{path}: cannot read config file: {reason}") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as e:
+        # Only the problem and its position: YAML's own message quotes the offending line,
+        # which may hold a token. `from None` keeps that message out of the traceback too.
+        raise ConfigError(f"{path}: invalid YAML{_yaml_position(e)}: {_yaml_problem(e)}") from None
+    if data is None:  # an empty file, or only comments
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: must hold `section:` blocks (got a {type(data).__name__})")
+    return data
+
+
+def _yaml_position(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    return getattr(error, "problem", None) or type(error).__name__
+
+
+# --- interpolation ------------------------------------------------------------------------
+
+_REFERENCE = re.compile(r"\$\{([^}]*)\}")
+_NAME_AND_DEFAULT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+
+
+def _interpolate(value: Any, key: str, env: Mapping[str, str]) -> Any:
+    """Replace ${VAR} / ${VAR:-default} in a string, or in each string of a list."""
+    if isinstance(value, list):
+        return [_interpolate(item, key, env) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        reference = _NAME_AND_DEFAULT.fullmatch(match.group(1))
+        if reference is None:
+            raise ConfigError(
+                f"{key}: bad variable reference '{match.group(0)}' "
+                "(write ${NAME} or ${NAME:-default})"
+            )
+        name, default = reference.groups()
+        found = env.get(name)
+        if default is not None:
+            return found or default
+        if found is None:
+            raise ConfigError(
+                f"{key}: environment variable {name} is not set "
+                f"(write ${{{name}:-}} to make it optional)"
+            )
+        return found
+
+    return _REFERENCE.sub(replace, value)
+
+
+# --- conversion ---------------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """A value does not fit its field; the caller words the message."""
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise _Invalid
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise _Invalid
+
+
+def _to_str(value: Any) -> str:
+    # Ids such as admin user ids are often written as bare numbers.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str):
+        return value
+    raise _Invalid
+
+
+_CONVERTERS = {bool: _to_bool, int: _to_int, str: _to_str, Path: _to_str}
+
+
+def _check(value: Any, rules: Mapping[str, Any]) -> Any:
+    """Apply a field's rules to one converted value; return the (normalised) value."""
+    if "choices" in rules:
+        by_lower = {choice.lower(): choice for choice in rules["choices"]}
+        if value.strip().lower() not in by_lower:
+            raise _Invalid
+        return by_lower[value.strip().lower()]
+    if "min" in rules and value < rules["min"]:
+        raise _Invalid
+    if "max" in rules and value > rules["max"]:
+        raise _Invalid
+    if rules.get("nonempty") and not value.strip():
+        raise _Invalid
+    if rules.get("digits") and not re.fullmatch(r"[0-9]+", value):
+        raise _Invalid
+    if "schemes" in rules and value:
+        prefixes = tuple(f"{scheme}://" for scheme in rules["schemes"])
+        if not value.startswith(prefixes) or value in prefixes:
+            raise _Invalid
+        if rules.get("strip_slash"):
+            value = value.rstrip("/")
+    return value
+
+
+def _expected(kind: type, rules: Mapping[str, Any]) -> str:
+    """What a valid value looks like, worded to follow 'must be'."""
+    if "choices" in rules:
+        return "one of " + ", ".join(rules["choices"])
+    if "schemes" in rules:
+        return "empty or start with " + " or ".join(f"{s}://" for s in rules["schemes"])
+    if rules.get("digits"):
+        return "a numeric user id"
+    if kind is bool:
+        return "true or false"
+    if kind is int:
+        low, high = rules.get("min"), rules.get("max")
+        if low is not None and high is not None:
+            return f"a whole number from {low} to {high}"
+        return "a whole number" + (f" >= {low}" if low is not None else "")
+    if kind is Path:
+        return "a non-empty path"
+    return "a non-empty string" if rules.get("nonempty") else "a string"
+
+
+@dataclass
+class _Builder:
+    """Builds a settings dataclass from plain YAML data, field by field."""
+
+    env: Mapping[str, str]
+    base_dir: Path  # relative paths are resolved against this
+
+    def build(self, cls: type, data: Mapping[Any, Any], where: str) -> Any:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        _refuse_unknown(data, fields, where)
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for name, spec in fields.items():
+            key = f"{where}.{name}" if where else name
+            kind, raw = hints[name], data.get(name)
+            if dataclasses.is_dataclass(kind):
+                values[name] = self.build(kind, _section(raw, key), key)
+            elif raw is not None:  # null (e.g. `token:` with nothing after it) keeps the default
+                values[name] = self.field_value(raw, kind, key, spec.metadata)
+            elif kind is Path:
+                values[name] = self.resolve(spec.default)
+        return cls(**values)
+
+    def field_value(self, raw: Any, kind: Any, key: str, rules: Mapping[str, Any]) -> Any:
+        value = _interpolate(raw, key, self.env)
+        collection = get_origin(kind)
+        if collection not in (tuple, frozenset):
+            return self.scalar(value, kind, key, rules)
+        if isinstance(value, str):  # e.g. "1,2,3" from an environment variable
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: must be a list{_shown(value, rules)}")
+        item_kind = get_args(kind)[0]
+        return collection(
+            self.scalar(item, item_kind, f"{key}[{i}]", rules) for i, item in enumerate(value)
+        )
+
+    def scalar(self, value: Any, kind: type, key: str, rules: Mapping[str, Any]) -> Any:
+        try:
+            converted = _check(_CONVERTERS[kind](value), rules)
+            if kind is Path:
+                if not converted.strip():
+                    raise _Invalid
+                return self.resolve(Path(converted))
+            return converted
+        except _Invalid:
+            reason = f"must be {_expected(kind, rules)}{_shown(value, rules)}"
+            raise ConfigError(f"{key}: {reason}") from None
+
+    def resolve(self, path: Path) -> Path:
+        path = path.expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+
+def _shown(value: Any, rules: Mapping[str, Any]) -> str:
+    """The ' (got ...)' part of a message, left out for secrets."""
+    return "" if rules.get("secret") else f" (got {value!r})"
+
+
+def _section(raw: Any, key: str) -> Mapping[Any, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        # Only the type: `telegram: <token>` is a plausible mistake.
+        raise ConfigError(
+            f"{key}: must be a section of `name: value` lines (got a {type(raw).__name__})"
+        )
+    return raw
+
+
+def _refuse_unknown(data: Mapping[Any, Any], fields: Mapping[str, Any], where: str) -> None:
+    for name in data:
+        if name in fields:
+            continue
+        key = f"{where}.{name}" if where else str(name)
+        close = difflib.get_close_matches(str(name), list(fields), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "known: " + ", ".join(fields)
+        raise ConfigError(f"{key}: unknown setting ({hint})")

@@ -1,0 +1,369 @@
+"""Tests for bot/config.py: loading, interpolation, validation messages, secrecy of tokens."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import get_type_hints
+
+import pytest
+import yaml
+
+import bot.config
+from bot.config import (
+    AdminSettings,
+    ConfigError,
+    DiscordSettings,
+    EngineSettings,
+    LimitSettings,
+    Settings,
+    StorageSettings,
+    TelegramSettings,
+    default_config_path,
+    load_settings,
+)
+
+REPO_ROOT = Path(bot.config.__file__).resolve().parent.parent
+SHIPPED = REPO_ROOT / "config.yaml"
+SECRET = "123456:SECRET-token-value"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Settings:
+    return load_settings(write(tmp_path, text), env=env or {})
+
+
+def error(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, text, env)
+    return str(caught.value)
+
+
+def defaults_in(folder: Path) -> Settings:
+    storage = StorageSettings(db=folder / "data/canvas.db", images=folder / "data/images")
+    return Settings(
+        engine=EngineSettings(),
+        storage=storage,
+        discord=DiscordSettings(),
+        telegram=TelegramSettings(),
+        admins=AdminSettings(),
+        limits=LimitSettings(),
+    )
+
+
+# --- defaults -------------------------------------------------------------------------------
+
+
+def test_dataclass_defaults_are_the_documented_ones() -> None:
+    assert EngineSettings() == EngineSettings(
+        model="bundled:shapes", device="auto", max_batch=4, dtype="auto", compile=False
+    )
+    assert StorageSettings() == StorageSettings(Path("data/canvas.db"), Path("data/images"))
+    assert LimitSettings() == LimitSettings(3, 100, 1000, 10_000_000, 16_777_216, ())
+    assert Settings().log_level == "INFO"
+    assert AdminSettings().discord == frozenset()
+
+
+def test_empty_file_gives_all_defaults(tmp_path: Path) -> None:
+    assert load(tmp_path, "# nothing but a comment\n") == defaults_in(tmp_path)
+
+
+def test_empty_sections_and_null_values_keep_defaults(tmp_path: Path) -> None:
+    text = "engine:\ntelegram:\n  token:\nlimits: {}\n"
+    assert load(tmp_path, text) == defaults_in(tmp_path)
+
+
+def test_no_path_and_no_config_anywhere_gives_defaults(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bot.config, "default_config_path", lambda: tmp_path / "absent.yaml")
+    assert load_settings(env={}) == defaults_in(tmp_path)
+
+
+def test_default_config_path_prefers_current_directory(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert default_config_path() == SHIPPED
+    write(tmp_path, "engine:\n  device: cpu\n")
+    assert default_config_path() == tmp_path / "config.yaml"
+    assert load_settings(env={}).engine.device == "cpu"
+
+
+# --- the shipped config.yaml ----------------------------------------------------------------
+
+
+def test_shipped_config_loads_with_empty_env_and_equals_defaults() -> None:
+    assert load_settings(SHIPPED, env={}) == defaults_in(REPO_ROOT)
+
+
+def test_shipped_config_lists_every_setting() -> None:
+    data = yaml.safe_load(SHIPPED.read_text(encoding="utf-8"))
+    for name, kind in get_type_hints(Settings).items():
+        if dataclasses.is_dataclass(kind):
+            assert list(data[name]) == [f.name for f in dataclasses.fields(kind)], name
+        else:
+            assert name in data
+
+
+def test_shipped_config_takes_tokens_from_environment() -> None:
+    env = {"TELEGRAM_TOKEN": "tg-token", "DISCORD_TOKEN": "dc-token"}
+    settings = load_settings(SHIPPED, env=env)
+    assert settings.telegram.token == "tg-token"
+    assert settings.discord.token == "dc-token"
+
+
+# --- interpolation --------------------------------------------------------------------------
+
+
+def test_variable_is_taken_from_env(tmp_path: Path) -> None:
+    settings = load(tmp_path, "engine:\n  model: ${MODEL}\n", {"MODEL": "my/model"})
+    assert settings.engine.model == "my/model"
+
+
+@pytest.mark.parametrize("env", [{}, {"DEVICE": ""}])
+def test_default_is_used_when_variable_unset_or_empty(tmp_path, env) -> None:
+    assert load(tmp_path, "engine:\n  device: ${DEVICE:-cpu}\n", env).engine.device == "cpu"
+
+
+def test_default_is_ignored_when_variable_set(tmp_path: Path) -> None:
+    text = "engine:\n  device: ${DEVICE:-cpu}\n"
+    assert load(tmp_path, text, {"DEVICE": "cuda"}).engine.device == "cuda"
+
+
+def test_variables_interpolate_inside_strings(tmp_path: Path) -> None:
+    text = "storage:\n  images: ${HOME}/x/${SUB:-pics}\n"
+    assert load(tmp_path, text, {"HOME": "/home/ann"}).storage.images == Path("/home/ann/x/pics")
+
+
+def test_strings_from_env_convert_to_field_types(tmp_path: Path) -> None:
+    text = (
+        "engine:\n  max_batch: ${BATCH}\n  compile: ${COMPILE}\n"
+        "discord:\n  guild_ids: ${GUILDS}\n"
+        "admins:\n  telegram: ${ADMINS}\n"
+    )
+    env = {"BATCH": "8", "COMPILE": "yes", "GUILDS": "11, 22", "ADMINS": "5,6"}
+    settings = load(tmp_path, text, env)
+    assert settings.engine.max_batch == 8
+    assert settings.engine.compile is True
+    assert settings.discord.guild_ids == (11, 22)
+    assert settings.admins.telegram == frozenset({"5", "6"})
+
+
+@pytest.mark.parametrize(
+    ("word", "expected"), [("yes", True), ("no", False), ("true", True), ("False", False)]
+)
+def test_bool_words(tmp_path: Path, word: str, expected: bool) -> None:
+    assert load(tmp_path, f"engine:\n  compile: '{word}'\n").engine.compile is expected
+
+
+def test_unset_variable_is_refused_naming_key_and_variable(tmp_path: Path) -> None:
+    assert error(tmp_path, "engine:\n  model: ${MODEL}\n") == (
+        "engine.model: environment variable MODEL is not set (write ${MODEL:-} to make it optional)"
+    )
+
+
+def test_malformed_reference_is_refused(tmp_path: Path) -> None:
+    assert error(tmp_path, "engine:\n  model: ${MY MODEL}\n") == (
+        "engine.model: bad variable reference '${MY MODEL}' (write ${NAME} or ${NAME:-default})"
+    )
+
+
+# --- values converted and normalised --------------------------------------------------------
+
+
+def test_yaml_ints_become_admin_id_strings(tmp_path: Path) -> None:
+    text = "admins:\n  discord: [123456789012345678, '42']\n"
+    assert load(tmp_path, text).admins.discord == frozenset({"123456789012345678", "42"})
+
+
+def test_base_urls_lose_trailing_slash(tmp_path: Path) -> None:
+    text = (
+        "telegram:\n  api_base_url: http://127.0.0.1:8081/\n"
+        "  webhook_url: https://bot.example/hook/\n"
+        "discord:\n  gateway_url: wss://gw.example//\n"
+    )
+    settings = load(tmp_path, text)
+    assert settings.telegram.api_base_url == "http://127.0.0.1:8081"
+    assert settings.discord.gateway_url == "wss://gw.example"
+    assert settings.telegram.webhook_url == "https://bot.example/hook/"  # a full URL, kept as is
+
+
+def test_choices_are_case_insensitive(tmp_path: Path) -> None:
+    settings = load(tmp_path, "engine:\n  device: CUDA\nlog_level: debug\n")
+    assert (settings.engine.device, settings.log_level) == ("cuda", "DEBUG")
+
+
+# --- bad values: the message a user reads ---------------------------------------------------
+
+BAD = [
+    ("engine:\n  device: gpu\n", "engine.device: must be one of auto, cpu, cuda (got 'gpu')"),
+    (
+        "engine:\n  dtype: fp8\n",
+        "engine.dtype: must be one of auto, float32, float16, bfloat16 (got 'fp8')",
+    ),
+    ("engine:\n  max_batch: 0\n", "engine.max_batch: must be a whole number from 1 to 64 (got 0)"),
+    (
+        "engine:\n  max_batch: 65\n",
+        "engine.max_batch: must be a whole number from 1 to 64 (got 65)",
+    ),
+    ("engine:\n  compile: maybe\n", "engine.compile: must be true or false (got 'maybe')"),
+    ("engine:\n  model: ''\n", "engine.model: must be a non-empty string (got '')"),
+    ("limits:\n  max_queue: -5\n", "limits.max_queue: must be a whole number >= 1 (got -5)"),
+    (
+        "limits:\n  max_prompt_chars: lots\n",
+        "limits.max_prompt_chars: must be a whole number >= 1 (got 'lots')",
+    ),
+    (
+        "limits:\n  max_image_bytes: 1.5\n",
+        "limits.max_image_bytes: must be a whole number >= 1 (got 1.5)",
+    ),
+    (
+        "limits:\n  max_waiting_per_user: true\n",
+        "limits.max_waiting_per_user: must be a whole number >= 1 (got True)",
+    ),
+    (
+        "limits:\n  blocked_words: [spam, ' ']\n",
+        "limits.blocked_words[1]: must be a non-empty string (got ' ')",
+    ),
+    ("limits:\n  blocked_words: {a: 1}\n", "limits.blocked_words: must be a list (got {'a': 1})"),
+    (
+        "telegram:\n  api_base_url: ftp://files.example\n",
+        "telegram.api_base_url: must be empty or start with http:// or https:// "
+        "(got 'ftp://files.example')",
+    ),
+    (
+        "telegram:\n  file_base_url: localhost:8081\n",
+        "telegram.file_base_url: must be empty or start with http:// or https:// "
+        "(got 'localhost:8081')",
+    ),
+    (
+        "discord:\n  gateway_url: https://gateway.example\n",
+        "discord.gateway_url: must be empty or start with ws:// or wss:// "
+        "(got 'https://gateway.example')",
+    ),
+    (
+        "discord:\n  guild_ids: [12, abc]\n",
+        "discord.guild_ids[1]: must be a whole number >= 1 (got 'abc')",
+    ),
+    (
+        "admins:\n  telegram: ['@ann']\n",
+        "admins.telegram[0]: must be a numeric user id (got '@ann')",
+    ),
+    ("storage:\n  db: ''\n", "storage.db: must be a non-empty path (got '')"),
+    (
+        "log_level: LOUD\n",
+        "log_level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (got 'LOUD')",
+    ),
+    ("telegram:\n  tokn: x\n", "telegram.tokn: unknown setting (did you mean 'token'?)"),
+    ("engin:\n  device: cpu\n", "engin: unknown setting (did you mean 'engine'?)"),
+    (
+        "webhooks: {}\n",
+        "webhooks: unknown setting "
+        "(known: engine, storage, discord, telegram, admins, limits, log_level)",
+    ),
+    ("engine: cuda\n", "engine: must be a section of `name: value` lines (got a str)"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD, ids=[m.split(":")[0] for _, m in BAD])
+def test_bad_value_is_refused_with_key_and_reason(tmp_path, text, message) -> None:
+    assert error(tmp_path, text) == message
+
+
+def test_bad_value_from_env_shows_the_interpolated_value(tmp_path: Path) -> None:
+    text = "limits:\n  max_queue: ${QUEUE}\n"
+    assert error(tmp_path, text, {"QUEUE": "ten"}) == (
+        "limits.max_queue: must be a whole number >= 1 (got 'ten')"
+    )
+
+
+# --- file-level errors ----------------------------------------------------------------------
+
+
+def test_yaml_syntax_error_reports_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "engine:\n  device: cpu\n   model: bundled:shapes\n")  # indented 3
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert str(caught.value) == (
+        f"{path}: invalid YAML at line 3, column 9: mapping values are not allowed here"
+    )
+
+
+def test_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "engine:\n  device: cpu\n  device: cuda\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert str(caught.value) == f"{path}: invalid YAML at line 3, column 3: 'device' is set twice"
+
+
+def test_explicit_missing_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert str(caught.value) == f"{path}: config file not found"
+
+
+def test_top_level_must_be_sections(tmp_path: Path) -> None:
+    path = write(tmp_path, "- engine\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert str(caught.value) == f"{path}: must hold `section:` blocks (got a list)"
+
+
+# --- storage paths --------------------------------------------------------------------------
+
+
+def test_relative_storage_paths_resolve_against_config_dir(tmp_path, monkeypatch) -> None:
+    config_dir = tmp_path / "srv" / "canvas"
+    config_dir.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)  # somewhere else, to show the cwd does not matter
+    path = write(config_dir, "storage:\n  db: state/canvas.db\n  images: /var/canvas/images\n")
+    storage = load_settings(path, env={}).storage
+    assert storage.db == config_dir / "state/canvas.db"
+    assert storage.images == Path("/var/canvas/images")
+
+
+def test_default_storage_paths_resolve_against_config_dir(tmp_path: Path) -> None:
+    assert load(tmp_path, "").storage.db == tmp_path / "data/canvas.db"
+
+
+def test_relative_config_path_resolves_against_cwd(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "storage:\n  images: pics\n")
+    storage = load_settings(Path("config.yaml"), env={}).storage
+    assert storage.images == tmp_path / "pics"
+    assert storage.images.is_absolute()
+
+
+# --- tokens stay secret ---------------------------------------------------------------------
+
+
+def test_tokens_absent_from_repr(tmp_path: Path) -> None:
+    text = "telegram:\n  token: ${TG}\ndiscord:\n  token: literal-discord-secret\n"
+    settings = load(tmp_path, text, {"TG": SECRET})
+    assert settings.telegram.token == SECRET
+    for shown in (repr(settings), str(settings), repr(settings.telegram)):
+        assert SECRET not in shown
+        assert "literal-discord-secret" not in shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"telegram:\n  token: [{SECRET}]\n",  # wrong type
+        f"telegram: {SECRET}\n",  # token given as the section
+        f"telegram:\n  tokn: {SECRET}\n",  # misspelt key
+        f"telegram:\n  token: {SECRET}: oops\n",  # YAML error on the token's line
+        f"telegram:\n  token: {SECRET}\n  token: {SECRET}\n",  # given twice
+    ],
+)
+def test_token_value_absent_from_error_messages(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, text)
+    shown: BaseException | None = caught.value
+    while shown is not None:  # the traceback also prints chained exceptions, unless suppressed
+        assert SECRET not in str(shown)
+        shown = None if shown.__suppress_context__ else shown.__context__
