@@ -1,0 +1,66 @@
+"""The bundled shapes model loads with stock diffusers pipelines and produces 64×64 images."""
+
+from __future__ import annotations
+
+import diffusers
+import pytest
+import torch
+from PIL import Image
+
+from engine.shapes import MODEL_DIR
+
+PROMPT = "a red circle on a blue background"
+SIZE = 64
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def pipe() -> diffusers.StableDiffusionPipeline:
+    return diffusers.StableDiffusionPipeline.from_pretrained(MODEL_DIR)
+
+
+def generator() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+def assert_rgb_image(image: Image.Image) -> None:
+    assert isinstance(image, Image.Image)
+    assert image.size == (SIZE, SIZE)
+    assert image.mode == "RGB"
+
+
+def test_tokenizer_gives_one_token_per_word(pipe: diffusers.StableDiffusionPipeline) -> None:
+    ids = pipe.tokenizer(PROMPT).input_ids
+    assert len(ids) == len(PROMPT.split()) + 2
+    assert pipe.tokenizer.model_max_length == pipe.text_encoder.config.max_position_embeddings
+
+
+def test_text_to_image(pipe: diffusers.StableDiffusionPipeline) -> None:
+    result = pipe(PROMPT, height=SIZE, width=SIZE, num_inference_steps=STEPS, generator=generator())
+    assert_rgb_image(result.images[0])
+
+
+def test_image_to_image(pipe: diffusers.StableDiffusionPipeline) -> None:
+    img2img = diffusers.StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+    start = Image.new("RGB", (SIZE, SIZE), "blue")
+    result = img2img(
+        PROMPT, image=start, strength=0.75, num_inference_steps=STEPS, generator=generator()
+    )
+    assert_rgb_image(result.images[0])
+
+
+def test_inpaint(pipe: diffusers.StableDiffusionPipeline) -> None:
+    inpaint = diffusers.StableDiffusionInpaintPipeline.from_pipe(pipe)
+    start = Image.new("RGB", (SIZE, SIZE), "blue")
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    result = inpaint(
+        PROMPT,
+        image=start,
+        mask_image=mask,
+        height=SIZE,
+        width=SIZE,
+        num_inference_steps=STEPS,
+        generator=generator(),
+    )
+    assert_rgb_image(result.images[0])
