@@ -1,0 +1,143 @@
+"""The console adapter: one chat command per line on standard input, replies on standard output.
+
+The console user is an admin. Attachments are local paths given with `--image PATH` and
+`--mask PATH` (quote a path with spaces). With `json_mode`, every reply is one JSON object on
+its own line. At end of input it waits for the jobs it started, then returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from bot import commands as cmd
+from bot.service import Attachment, Reply, Service, User
+from bot.store import ImageRow, JobRow
+
+PLATFORM = "console"
+USER = User(PLATFORM, "console", "console")
+ATTACHMENT = re.compile(r'(?:^|\s)--(image|mask)(?:\s+|=)("[^"]*"|\S+)')
+
+
+class AttachmentError(ValueError):
+    pass
+
+
+def split_attachments(line: str) -> tuple[str, dict[str, Attachment]]:
+    """Take `--image PATH` / `--mask PATH` out of a command line and read those files."""
+    found: dict[str, Attachment] = {}
+
+    def take(match: re.Match) -> str:
+        kind, path = match.group(1), Path(match.group(2).strip('"')).expanduser()
+        if kind in found:
+            raise AttachmentError(f"--{kind} was given twice; please give it once.")
+        try:
+            found[kind] = Attachment(path.read_bytes(), path.name)
+        except OSError as error:
+            raise AttachmentError(f"Cannot read the {kind} {str(path)!r}: "
+                                  f"{error.strerror or error}.") from None
+        return " "
+
+    text = ATTACHMENT.sub(take, line)
+    return text, found
+
+
+class ConsoleAdapter:
+    def __init__(self, service: Service, *, json_mode: bool = False,
+                 stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
+        self.service = service
+        self.json_mode = json_mode
+        self.stdin = stdin or sys.stdin
+        self.stdout = stdout or sys.stdout
+        self.waiting: set[int] = set()
+        self.all_delivered = asyncio.Event()
+        self.all_delivered.set()
+        self.bars: dict[int, tqdm] = {}
+        service.register(PLATFORM, self)
+
+    async def run(self) -> None:
+        """Serve commands until end of input, then wait for the jobs started here."""
+        while line := await asyncio.to_thread(self.stdin.readline):
+            if line.strip():
+                await self.command(line.strip())
+        await self.all_delivered.wait()
+
+    async def command(self, line: str) -> None:
+        try:
+            text, attachments = split_attachments(line)
+            limit = self.service.settings.limits.max_prompt_chars
+            request = cmd.parse(text, max_prompt_chars=limit)
+        except (AttachmentError, cmd.CommandError) as error:
+            self.emit_error(str(error))
+            return
+        reply = await self.service.handle(USER, request, image=attachments.get("image"),
+                                          mask=attachments.get("mask"))
+        self.emit_reply(reply)
+
+    # ---- output --------------------------------------------------------------------------
+
+    def emit_reply(self, reply: Reply) -> None:
+        if reply.queued:
+            self.waiting.add(reply.job_id)
+            self.all_delivered.clear()
+        if reply.error:
+            self.emit_error(reply.text)
+        else:
+            self.emit({"type": "text", "text": reply.text, "job": reply.job_id},
+                      reply.text)
+
+    def emit_error(self, text: str, job_id: int | None = None) -> None:
+        self.emit({"type": "error", "error": text, "job": job_id}, text)
+
+    def emit(self, record: dict[str, Any], text: str) -> None:
+        if self.json_mode:
+            line = json.dumps({k: v for k, v in record.items() if v is not None},
+                              ensure_ascii=False)
+        else:
+            line = text
+        print(line, file=self.stdout, flush=True)
+
+    # ---- the Deliverer the service calls -------------------------------------------------
+
+    async def progress(self, job: JobRow, step: int, total: int) -> None:
+        if self.json_mode:
+            self.emit({"type": "progress", "job": job.id, "step": step, "total": total}, "")
+            return
+        bar = self.bars.get(job.id)
+        if bar is None:
+            bar = self.bars[job.id] = tqdm(total=total, desc=f"job #{job.id}", unit="step",
+                                           leave=False, file=sys.stderr)
+        bar.update(step - bar.n)
+
+    async def deliver_images(self, job: JobRow, images: list[ImageRow]) -> None:
+        self.close_bar(job.id)
+        for image in images:
+            self.emit(
+                {"type": "image", "job": job.id, "image": image.id, "path": image.path,
+                 "seed": image.seed, "width": image.width, "height": image.height,
+                 "prompt": job.prompt, "model_version": image.model_version},
+                f"image #{image.id} (job #{job.id}, seed {image.seed}, {image.width}×"
+                f"{image.height}): {image.path}",
+            )
+        self.done(job.id)
+
+    async def deliver_failure(self, job: JobRow, message: str) -> None:
+        self.close_bar(job.id)
+        self.emit_error(message, job.id)
+        self.done(job.id)
+
+    def close_bar(self, job_id: int) -> None:
+        bar = self.bars.pop(job_id, None)
+        if bar is not None:
+            bar.close()
+
+    def done(self, job_id: int) -> None:
+        self.waiting.discard(job_id)
+        if not self.waiting:
+            self.all_delivered.set()

@@ -1,0 +1,406 @@
+"""Who may do what, limits, and the life of a job: stored before it is queued, its result stored
+before it is delivered, delivered once through the adapter of the platform it came from.
+
+Adapters call `handle()` with a parsed request and get a `Reply` at once; the job's progress and
+outcome reach them later through their `Deliverer`, found by the job's platform, so a job
+finished after a restart still reaches its chat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bot import commands as cmd
+from bot.config import Settings
+from bot.images import ImageError, ImageLimits, open_image, save_png, split_image_and_mask
+from bot.queue import JobQueue
+from bot.store import ImageRow, JobRow, NewImage, NewJob, Store
+from engine import protocol
+from engine.client import EngineClient, EngineExited
+
+log = logging.getLogger(__name__)
+
+HISTORY_LENGTH = 10
+
+
+@dataclass(frozen=True)
+class User:
+    platform: str
+    user_id: str
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Attachment:
+    data: bytes
+    filename: str = ""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The immediate answer to a command. `job_id` is set when a job was queued."""
+
+    text: str
+    error: bool = False
+    job_id: int | None = None
+    position: int | None = None
+
+    @property
+    def queued(self) -> bool:
+        """A new job was queued (rather than, say, a /cancel naming one)."""
+        return self.position is not None
+
+
+class Deliverer(Protocol):
+    """What an adapter provides so the service can reach its users later."""
+
+    async def progress(self, job: JobRow, step: int, total: int) -> None: ...
+
+    async def deliver_images(self, job: JobRow, images: list[ImageRow]) -> None: ...
+
+    async def deliver_failure(self, job: JobRow, message: str) -> None: ...
+
+
+class UserError(Exception):
+    """Something the user can fix; the message is the reply."""
+
+
+@dataclass
+class _Progress:
+    step: int = 0
+    total: int = 0
+
+
+@dataclass
+class Service:
+    settings: Settings
+    store: Store
+    engine: EngineClient
+    queue: JobQueue = field(default_factory=JobQueue)
+    deliverers: dict[str, Deliverer] = field(default_factory=dict)
+    # job id -> (user id, platform) for every queued or running job
+    _active: dict[int, tuple[int, str]] = field(default_factory=dict)
+    _progress: dict[int, _Progress] = field(default_factory=dict)
+    # Checking the limits and queuing must be one step, or two commands could both pass.
+    _admission: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _tasks: set[asyncio.Task] = field(default_factory=set)
+    _pump: asyncio.Task | None = None
+
+    # ---- start and stop ------------------------------------------------------------------
+
+    def register(self, platform: str, deliverer: Deliverer) -> None:
+        self.deliverers[platform] = deliverer
+
+    async def start(self) -> None:
+        """Start the engine, then take up what an earlier run left: undelivered results first,
+        then the jobs that were waiting or running."""
+        ready = await self.engine.start()
+        await self.store.ensure_model_version(ready.model_version, ready.model)
+        self._pump = asyncio.create_task(self._pump_events(), name="engine-events")
+        for job in await self.store.undelivered_jobs():
+            self._spawn(self._deliver_outcome(job))
+        for job in await self.store.active_jobs():
+            if job.platform in self.deliverers:
+                await self.store.mark_requeued(job.id)
+                await self._enqueue(job)
+        self.engine.feed_from(self.queue)
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+        if self._pump:
+            await self._pump
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.ready.model if self.engine.ready else self.settings.engine.model
+
+    # ---- commands ------------------------------------------------------------------------
+
+    async def handle(self, user: User, request: cmd.Request, *, image: Attachment | None = None,
+                     mask: Attachment | None = None, origin: dict[str, Any] | None = None) -> Reply:
+        """Answer one command. Never raises for anything a user can send."""
+        try:
+            return await self._dispatch(user, request, image, mask, origin or {})
+        except (UserError, ImageError) as error:
+            return Reply(str(error), error=True)
+
+    def is_admin(self, user: User) -> bool:
+        if user.platform == "console":
+            return True
+        admins = getattr(self.settings.admins, user.platform, frozenset())
+        return user.user_id in admins
+
+    async def _dispatch(self, user: User, request: cmd.Request, image: Attachment | None,
+                        mask: Attachment | None, origin: dict[str, Any]) -> Reply:
+        user_id = await self.store.ensure_user(user.platform, user.user_id, user.name)
+        match request:
+            case cmd.Imagine():
+                return await self._imagine(user_id, request, origin)
+            case cmd.Vary():
+                return await self._vary(user_id, request, image, origin)
+            case cmd.Inpaint():
+                return await self._inpaint(user_id, request, image, mask, origin)
+            case cmd.Rate():
+                return await self.rate(user_id, request.image_id, request.score)
+            case cmd.Cancel():
+                return await self._cancel(user, user_id, request.job_id)
+            case cmd.ShowQueue():
+                return Reply(self._queue_text(user_id))
+            case cmd.History():
+                return await self._history(user_id)
+            case cmd.Help():
+                return Reply(cmd.HELP_TEXT)
+            case cmd.Retrain() | cmd.ModelCmd():
+                name = "/retrain" if isinstance(request, cmd.Retrain) else "/model"
+                if not self.is_admin(user):
+                    raise UserError(f"Sorry, only the bot's admins can use {name}.")
+                return Reply(f"{name} is not available yet in this version of Magic Canvas.")
+        raise UserError(cmd.HELP_TEXT)
+
+    async def _imagine(self, user_id: int, request: cmd.Imagine, origin: dict) -> Reply:
+        self._check_model(request.model)
+        return await self._submit(NewJob(
+            user_id=user_id, kind="txt2img", prompt=request.prompt,
+            negative_prompt=request.negative, seed=self._seed(request.seed), n=request.n,
+            steps=request.steps, guidance=request.cfg, aspect=request.aspect,
+            model=request.model, origin=origin))
+
+    async def _vary(self, user_id: int, request: cmd.Vary, image: Attachment | None,
+                    origin: dict) -> Reply:
+        if image is not None:
+            picture = await asyncio.to_thread(open_image, image.data, self._image_limits)
+            init_path = await asyncio.to_thread(save_png, picture.convert("RGB"), self._uploads)
+            prompt, negative, source_id = request.prompt or "", "", None
+        elif request.image_id is not None:
+            source = await self._image(request.image_id)
+            source_job = await self.store.get_job(source.job_id)
+            init_path, source_id = source.path, source.id
+            prompt = request.prompt if request.prompt is not None else source_job.prompt
+            negative = source_job.negative_prompt
+        else:
+            raise UserError("Which image should I vary? Give its id (for example /vary 12) "
+                            "or attach an image.")
+        return await self._submit(NewJob(
+            user_id=user_id, kind="img2img", prompt=prompt, negative_prompt=negative,
+            seed=self._seed(request.seed), strength=request.strength,
+            source_image_id=source_id, init_path=str(init_path), origin=origin))
+
+    async def _inpaint(self, user_id: int, request: cmd.Inpaint, image: Attachment | None,
+                       mask: Attachment | None, origin: dict) -> Reply:
+        if image is None:
+            raise UserError("Inpainting needs an image and a mask: attach both (white in the "
+                            "mask = repaint), or one PNG whose transparent part is to be "
+                            "repainted.")
+        init_path, mask_path = await asyncio.to_thread(self._save_inpaint_inputs, image, mask)
+        return await self._submit(NewJob(
+            user_id=user_id, kind="inpaint", prompt=request.prompt,
+            negative_prompt=request.negative, seed=self._seed(request.seed),
+            steps=request.steps, guidance=request.cfg, init_path=str(init_path),
+            mask_path=str(mask_path), origin=origin))
+
+    def _save_inpaint_inputs(self, image: Attachment, mask: Attachment | None) -> tuple[Path, Path]:
+        picture = open_image(image.data, self._image_limits)
+        mask_picture = open_image(mask.data, self._image_limits, "mask") if mask else None
+        picture, mask_picture = split_image_and_mask(picture, mask_picture)
+        return save_png(picture, self._uploads), save_png(mask_picture, self._uploads)
+
+    async def rate(self, user_id: int, image_id: int, score: int) -> Reply:
+        if not 1 <= score <= 5:
+            raise UserError(f"A rating is a whole number from 1 to 5; you gave {score}.")
+        await self._image(image_id)
+        await self.store.rate(image_id, user_id, score)
+        return Reply(f"Thanks! You rated image #{image_id} {score}/5.")
+
+    async def _cancel(self, user: User, user_id: int, job_id: int | None) -> Reply:
+        if job_id is None:
+            mine = [job.id for job in await self.store.active_jobs() if job.user_id == user_id]
+            if not mine:
+                raise UserError("You have no waiting or running jobs to cancel.")
+            job_id = mine[-1]
+        job = await self.store.get_job(job_id)
+        if job is None or (job.user_id != user_id and not self.is_admin(user)):
+            raise UserError(f"You have no job #{job_id}.")
+        if job.status not in ("queued", "running"):
+            raise UserError(f"Job #{job_id} has already finished ({job.status}).")
+        if self.queue.remove(job_id):
+            await self.store.mark_failed(job_id, "Cancelled.", cancelled=True)
+            await self.store.mark_delivered(job_id)
+            self._progress.pop(job_id, None)
+            return Reply(f"Cancelled job #{job_id}.", job_id=job_id)
+        await self.engine.cancel(job_id)
+        return Reply(f"Stopping job #{job_id}…", job_id=job_id)
+
+    async def _history(self, user_id: int) -> Reply:
+        rows = await self.store.history(user_id, HISTORY_LENGTH)
+        if not rows:
+            return Reply("You have no images yet. Try /imagine a red circle.")
+        lines = [f"image #{image.id} · seed {image.seed} · {_short(prompt)}"
+                 for image, prompt in rows]
+        return Reply("Your latest images:\n" + "\n".join(lines))
+
+    # ---- the queue -----------------------------------------------------------------------
+
+    def _order(self) -> list[int]:
+        """Active job ids in the order the engine will finish them: its own first."""
+        return list(self.engine.in_flight) + self.queue.waiting()
+
+    def position(self, job_id: int) -> int | None:
+        order = self._order()
+        return order.index(job_id) + 1 if job_id in order else None
+
+    def _queue_text(self, user_id: int) -> str:
+        order = self._order()
+        mine = [job_id for job_id in order if self._owner.get(job_id) == user_id]
+        if not mine:
+            return f"You have no jobs waiting. {len(order)} job(s) in the queue in all."
+        lines = []
+        for job_id in mine:
+            progress = self._progress.get(job_id)
+            if progress and progress.total:
+                lines.append(f"job #{job_id}: generating, {100 * progress.step // progress.total}%")
+            else:
+                lines.append(f"job #{job_id}: waiting, position {order.index(job_id) + 1}")
+        return "\n".join(lines) + f"\n{len(order)} job(s) in the queue in all."
+
+    @property
+    def _owner(self) -> dict[int, int]:
+        return {job_id: user_id for job_id, (user_id, _) in self._active.items()}
+
+    async def _submit(self, new: NewJob) -> Reply:
+        async with self._admission:
+            return await self._admit(new)
+
+    async def _admit(self, new: NewJob) -> Reply:
+        limits = self.settings.limits
+        waiting_for_user = sum(1 for user, _ in self._active.values() if user == new.user_id)
+        if waiting_for_user >= limits.max_waiting_per_user:
+            raise UserError(f"You already have {waiting_for_user} job(s) waiting; the limit is "
+                            f"{limits.max_waiting_per_user}. Please wait for one to finish.")
+        if len(self._active) >= limits.max_queue:
+            raise UserError("The bot is busy right now (the queue is full). Please try again "
+                            "in a minute.")
+        job_id = await self.store.add_job(new)
+        job = await self.store.get_job(job_id)
+        await self._enqueue(job)
+        position = self.position(job_id)
+        return Reply(f"Queued job #{job_id}, position {position}.", job_id=job_id,
+                     position=position)
+
+    async def _enqueue(self, job: JobRow) -> None:
+        self._active[job.id] = (job.user_id, job.platform)
+        await self.queue.put(protocol.Job(
+            job_id=job.id, kind=job.kind, prompt=job.prompt, seed=job.seed,
+            negative_prompt=job.negative_prompt, n=job.n, steps=job.steps,
+            guidance=job.guidance, aspect=(job.aspect_w, job.aspect_h), strength=job.strength,
+            init_image=job.init_path, mask_image=job.mask_path, model=job.model))
+
+    # ---- engine events -------------------------------------------------------------------
+
+    async def _pump_events(self) -> None:
+        while True:
+            event = await self.engine.events.get()
+            try:
+                if isinstance(event, EngineExited):
+                    await self._engine_exited(event)
+                    return
+                await self._on_event(event)
+            except Exception:
+                log.exception("could not handle engine event %r", event)
+
+    async def _on_event(self, event: protocol.FromEngine) -> None:
+        match event:
+            case protocol.Started():
+                await self.store.mark_started(event.job_id, event.width, event.height,
+                                              event.steps, event.guidance)
+            case protocol.Progress():
+                self._progress[event.job_id] = _Progress(event.step, event.total)
+                job = await self.store.get_job(event.job_id)
+                deliverer = self.deliverers.get(job.platform) if job else None
+                if deliverer:
+                    self._spawn(deliverer.progress(job, event.step, event.total))
+            case protocol.Result():
+                images = [NewImage(i.path, i.seed, i.width, i.height) for i in event.images]
+                await self.store.save_result(event.job_id, images, event.engine_seconds,
+                                             event.model_version)
+                await self._finished(event.job_id)
+            case protocol.Failed():
+                await self.store.mark_failed(event.job_id, event.error,
+                                             cancelled=event.kind == "cancelled")
+                await self._finished(event.job_id)
+
+    async def _finished(self, job_id: int) -> None:
+        self._active.pop(job_id, None)
+        self._progress.pop(job_id, None)
+        job = await self.store.get_job(job_id)
+        if job is not None:
+            self._spawn(self._deliver_outcome(job))
+
+    async def _engine_exited(self, event: EngineExited) -> None:
+        if not self._active:
+            return
+        log.error("the engine stopped; %d job(s) cannot finish", len(self._active))
+        for job_id in list(self._active):
+            if job_id in event.in_flight or job_id in self.queue.waiting():
+                self.queue.remove(job_id)
+                await self.store.mark_failed(job_id, "The image engine stopped unexpectedly.")
+                await self._finished(job_id)
+
+    async def _deliver_outcome(self, job: JobRow) -> None:
+        """Send a finished job's outcome to its chat once, then record that it was sent."""
+        deliverer = self.deliverers.get(job.platform)
+        if deliverer is None:
+            return  # that adapter is not running now; delivered when it next starts
+        try:
+            if job.status == "done":
+                await deliverer.deliver_images(job, await self.store.images_for_job(job.id))
+            elif job.status == "cancelled":
+                await deliverer.deliver_failure(job, f"Job #{job.id} was cancelled.")
+            else:
+                await deliverer.deliver_failure(job, f"Sorry, job #{job.id} failed: {job.error}")
+        except Exception:
+            log.exception("could not deliver job %d; will retry at next start", job.id)
+            return
+        await self.store.mark_delivered(job.id)
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- small helpers -------------------------------------------------------------------
+
+    @property
+    def _uploads(self) -> Path:
+        return self.settings.storage.images / "uploads"
+
+    @property
+    def _image_limits(self) -> ImageLimits:
+        limits = self.settings.limits
+        return ImageLimits(limits.max_image_bytes, limits.max_image_pixels)
+
+    def _check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise UserError(f"The model {model!r} is not available; this bot runs "
+                            f"{self.model_name}.")
+
+    @staticmethod
+    def _seed(seed: int | None) -> int:
+        return secrets.randbelow(cmd.MAX_SEED + 1) if seed is None else seed
+
+    async def _image(self, image_id: int) -> ImageRow:
+        image = await self.store.get_image(image_id)
+        if image is None:
+            raise UserError(f"There is no image #{image_id}. /history lists yours.")
+        return image
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+

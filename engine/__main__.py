@@ -1,0 +1,89 @@
+"""The engine process: `python -m engine --model M --device D --images DIR`.
+
+It reads protocol messages from standard input, one JSON line each, and writes its own to
+standard output. Everything else that would print (libraries included) goes to standard error,
+so the message stream stays clean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import sys
+import threading
+from pathlib import Path
+
+from engine import protocol
+
+
+def _claim_stdout():
+    """Keep the real standard output for messages and point fd 1 at standard error."""
+    messages = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    lock = threading.Lock()
+
+    def send(message: protocol.FromEngine) -> None:
+        with lock:
+            messages.write(protocol.encode(message))
+
+    return send
+
+
+def _read_stdin(inbox: queue.Queue) -> None:
+    for line in sys.stdin.buffer:
+        if line.strip():
+            inbox.put(protocol.decode(line))
+    inbox.put(protocol.Shutdown())  # the bot is gone: stop rather than run orphaned
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m engine")
+    parser.add_argument("--model", default="bundled:shapes")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--max-batch", type=int, default=4)
+    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch; 0: one less than the machine's cores")
+    args = parser.parse_args()
+
+    send = _claim_stdout()
+    logging.basicConfig(level=os.environ.get("CANVAS_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s engine %(levelname)s %(name)s: %(message)s")
+    # Library chatter (deprecations, optional extras) is noise in a bot's log.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+    # Heavy imports only here, in the engine process.
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from engine.pipelines import load
+    from engine.worker import Engine
+
+    # Leave a core to the bot process: with every core busy, OpenMP threads spin against it
+    # and a small model runs tens of times slower.
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) - 1))
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+    try:
+        pipelines = load(args.model, args.device, args.dtype)
+    except Exception as error:
+        logging.getLogger("engine").exception("could not load %s", args.model)
+        send(protocol.Fatal(f"Could not load the model {args.model}: {error}"))
+        sys.exit(1)
+    inbox: queue.Queue = queue.Queue()
+    threading.Thread(target=_read_stdin, args=(inbox,), daemon=True, name="stdin").start()
+    engine = Engine(pipelines, args.images, args.max_batch, send, inbox)
+    send(protocol.Ready(args.model, engine.model_version, str(pipelines.device),
+                        str(pipelines.dtype).removeprefix("torch.")))
+    engine.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The bot's side of the process boundary: starts the engine process, feeds it jobs from the
+queue, and turns what it says into events. Imports only the standard library and
+engine.protocol, so the bot process never loads torch."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from engine import protocol
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 600.0  # loading a real model from a slow disk takes minutes
+STOP_TIMEOUT = 30.0
+
+
+class EngineError(RuntimeError):
+    """The engine could not start, or died."""
+
+
+@dataclass(frozen=True)
+class EngineExited:
+    """Not a protocol message: the client's own word that the engine process has gone."""
+
+    returncode: int | None
+    in_flight: tuple[int, ...]
+
+
+Event = protocol.FromEngine | EngineExited
+
+
+class JobSource(Protocol):
+    """What the client takes jobs from (bot/queue.py)."""
+
+    async def get(self) -> protocol.Job: ...
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    model: str
+    device: str
+    dtype: str
+    max_batch: int
+    images: Path
+
+
+class EngineClient:
+    """One engine process. `in_flight` lists, oldest first, the jobs it holds."""
+
+    def __init__(self, options: EngineOptions) -> None:
+        self.options = options
+        self.ready: protocol.Ready | None = None
+        self.in_flight: dict[int, protocol.Job] = {}
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task | None = None
+        self._feeder: asyncio.Task | None = None
+        # The engine may hold two batches' worth: one running, one ready to batch next.
+        self._credit = asyncio.Semaphore(2 * options.max_batch)
+
+    async def start(self) -> protocol.Ready:
+        opts = self.options
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "engine", "--model", opts.model, "--device", opts.device,
+            "--dtype", opts.dtype, "--max-batch", str(opts.max_batch), "--images", str(opts.images),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            env=os.environ.copy(), limit=1 << 20,
+        )
+        first = await asyncio.wait_for(self._read_one(), START_TIMEOUT)
+        if not isinstance(first, protocol.Ready):
+            await self._process.wait()
+            reason = first.error if isinstance(first, protocol.Fatal) else "it exited"
+            raise EngineError(f"The engine did not start: {reason}")
+        self.ready = first
+        self._reader = asyncio.create_task(self._read_loop(), name="engine-reader")
+        log.info("engine ready: %s (%s) on %s, %s", first.model, first.model_version,
+                 first.device, first.dtype)
+        return first
+
+    def feed_from(self, source: JobSource) -> None:
+        """Move jobs from the queue to the engine whenever it has room for more."""
+        self._feeder = asyncio.create_task(self._feed(source), name="engine-feeder")
+
+    async def _feed(self, source: JobSource) -> None:
+        while True:
+            await self._credit.acquire()
+            job = await source.get()
+            await self.submit(job)
+
+    async def submit(self, job: protocol.Job) -> None:
+        self.in_flight[job.job_id] = job
+        await self._send(job)
+
+    async def cancel(self, job_id: int) -> None:
+        if job_id in self.in_flight:
+            await self._send(protocol.Cancel(job_id))
+
+    async def stop(self) -> None:
+        """Ask the engine to stop after its current step, and wait for it."""
+        if self._feeder:
+            self._feeder.cancel()
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ConnectionError):
+            await self._send(protocol.Shutdown())
+            process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            log.warning("engine did not stop in %.0f s; killing it", STOP_TIMEOUT)
+            process.kill()
+            await process.wait()
+        if self._reader:
+            await self._reader
+
+    async def _send(self, message: protocol.ToEngine) -> None:
+        if self._process is None or self._process.stdin.is_closing():
+            raise ConnectionError("the engine is not running")
+        self._process.stdin.write(protocol.encode(message))
+        await self._process.stdin.drain()
+
+    async def _read_one(self) -> protocol.FromEngine | None:
+        line = await self._process.stdout.readline()
+        return protocol.decode(line) if line else None
+
+    async def _read_loop(self) -> None:
+        async for message in self._messages():
+            finished = isinstance(message, protocol.Result | protocol.Failed)
+            if finished and self.in_flight.pop(message.job_id, None) is not None:
+                self._credit.release()
+            await self.events.put(message)
+        returncode = await self._process.wait()
+        lost = tuple(self.in_flight)
+        if returncode != 0 or lost:
+            log.error("engine exited with code %s holding jobs %s", returncode, list(lost))
+        await self.events.put(EngineExited(returncode, lost))
+
+    async def _messages(self) -> AsyncIterator[protocol.FromEngine]:
+        while (message := await self._read_one()) is not None:
+            yield message

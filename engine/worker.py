@@ -1,0 +1,256 @@
+"""The engine: one process that owns the device and runs every job, in turn.
+
+Its loop is: take new messages, run one batch, repeat. A batch is up to `max_batch` images from
+waiting jobs that can share one pipeline call (same kind, size, steps, guidance, strength); each
+image has its own generator, so it comes out as it would alone. A job of n images may span
+several batches; its result is sent when its last image is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from engine import protocol
+from engine.pipelines import Pipelines, fit_size
+
+log = logging.getLogger(__name__)
+
+# Denoising steps that img2img and inpainting really run: diffusers skips the first part of the
+# schedule according to the strength.
+DEFAULT_VARY_STRENGTH = 0.6
+DEFAULT_INPAINT_STRENGTH = 1.0
+
+
+@dataclass
+class Plan:
+    """A job with every parameter resolved, and what has been made of it so far."""
+
+    job: protocol.Job
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    strength: float | None
+    images: dict[int, protocol.ImageFile] = field(default_factory=dict)
+    engine_seconds: float = 0.0
+    started: bool = False
+    cancelled: bool = False
+
+    @property
+    def batch_key(self) -> tuple:
+        job = self.job
+        return (job.kind, job.model, self.width, self.height, self.steps, self.guidance,
+                self.strength)
+
+    @property
+    def steps_run(self) -> int:
+        """Steps the pipeline really runs (img2img skips the start of the schedule)."""
+        if self.strength is None:
+            return self.steps
+        return max(1, min(int(self.steps * self.strength), self.steps))
+
+
+Slot = tuple[Plan, int]  # one image of a job: (plan, index within the job)
+
+
+class Engine:
+    def __init__(self, pipelines: Pipelines, images_dir: Path, max_batch: int,
+                 send: Callable[[protocol.FromEngine], None],
+                 inbox: queue.Queue[protocol.ToEngine]) -> None:
+        self.pipes = pipelines
+        self.images_dir = images_dir
+        self.max_batch = max_batch
+        self.send = send
+        self.inbox = inbox
+        self.plans: dict[int, Plan] = {}
+        self.slots: deque[Slot] = deque()
+        self.running: list[Slot] = []
+        self.stopping = False
+
+    def run(self) -> None:
+        while not self.stopping:
+            self.take_messages(block=not self.slots)
+            if self.slots and not self.stopping:
+                self.run_batch(self.next_batch())
+
+    # ---- messages ------------------------------------------------------------------------
+
+    def take_messages(self, block: bool) -> None:
+        while True:
+            try:
+                message = self.inbox.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            if isinstance(message, protocol.Job):
+                self.accept(message)
+            elif isinstance(message, protocol.Cancel):
+                self.cancel(message.job_id)
+            elif isinstance(message, protocol.Shutdown):
+                self.stopping = True
+                return
+
+    def accept(self, job: protocol.Job) -> None:
+        try:
+            plan = self.plan(job)
+        except (ValueError, OSError) as error:
+            self.send(protocol.Failed(job.job_id, str(error), "bad_request"))
+            return
+        self.plans[job.job_id] = plan
+        self.slots.extend((plan, index) for index in range(job.n))
+
+    def plan(self, job: protocol.Job) -> Plan:
+        if job.model not in (None, self.pipes.name):
+            raise ValueError(f"The model {job.model} is not loaded; this engine runs "
+                             f"{self.pipes.name}.")
+        settings = self.pipes.settings
+        if job.init_image:
+            with Image.open(job.init_image) as image:
+                width, height = fit_size(image.size, settings)
+        else:
+            width, height = fit_size(job.aspect, settings)
+        strength = {"txt2img": None, "img2img": DEFAULT_VARY_STRENGTH,
+                    "inpaint": DEFAULT_INPAINT_STRENGTH}[job.kind]
+        if job.strength is not None and job.kind != "txt2img":
+            strength = job.strength
+        return Plan(job, width, height,
+                    steps=job.steps or settings.default_steps,
+                    guidance=settings.default_guidance if job.guidance is None else job.guidance,
+                    strength=strength)
+
+    def cancel(self, job_id: int) -> None:
+        plan = self.plans.pop(job_id, None)
+        if plan is None:
+            return  # finished already, or never seen: nothing to stop
+        plan.cancelled = True
+        self.slots = deque(slot for slot in self.slots if slot[0] is not plan)
+        self.send(protocol.Failed(job_id, "Cancelled.", "cancelled"))
+
+    # ---- batches -------------------------------------------------------------------------
+
+    def next_batch(self) -> list[Slot]:
+        """The oldest waiting image, and the compatible ones behind it, up to max_batch."""
+        key = self.slots[0][0].batch_key
+        batch = [slot for slot in self.slots if slot[0].batch_key == key][: self.max_batch]
+        taken = {id(slot) for slot in batch}
+        self.slots = deque(slot for slot in self.slots if id(slot) not in taken)
+        return batch
+
+    def run_batch(self, batch: list[Slot]) -> None:
+        plans = list({id(plan): plan for plan, _ in batch}.values())
+        for plan in plans:
+            if not plan.started:
+                plan.started = True
+                self.send(protocol.Started(plan.job.job_id, plan.width, plan.height, plan.steps,
+                                           plan.guidance, len(batch)))
+        self.running = batch
+        began = time.perf_counter()
+        try:
+            images = self.generate(batch)
+        except Exception as error:  # one bad batch must not stop the engine
+            log.exception("batch of %d failed", len(batch))
+            for plan in plans:
+                self.fail(plan, f"The engine could not make this image: {error}")
+            return
+        finally:
+            self.running = []
+        if self.stopping:
+            return  # interrupted: the bot still holds these jobs and puts them back on restart
+        elapsed = time.perf_counter() - began
+        for plan in plans:
+            plan.engine_seconds += elapsed
+        for (plan, index), image in zip(batch, images, strict=True):
+            if not plan.cancelled:
+                self.save(plan, index, image)
+
+    def fail(self, plan: Plan, error: str) -> None:
+        if self.plans.pop(plan.job.job_id, None) is None:
+            return
+        self.slots = deque(slot for slot in self.slots if slot[0] is not plan)
+        self.send(protocol.Failed(plan.job.job_id, error, "failed"))
+
+    def generate(self, batch: list[Slot]) -> list[Image.Image]:
+        plan = batch[0][0]
+        jobs = [p.job for p, _ in batch]
+        arguments = dict(
+            prompt=[job.prompt for job in jobs],
+            negative_prompt=[job.negative_prompt for job in jobs],
+            num_inference_steps=plan.steps,
+            guidance_scale=plan.guidance,
+            # CPU generators give the same noise on every device, so a seed means one image.
+            generator=[torch.Generator("cpu").manual_seed(p.job.seed + i) for p, i in batch],
+            callback_on_step_end=self.step_callback(batch),
+        )
+        kind = plan.job.kind
+        if kind == "txt2img":
+            pipe = self.pipes.text2img
+            arguments.update(width=plan.width, height=plan.height)
+        else:
+            size = (plan.width, plan.height)
+            arguments["image"] = [_open_rgb(job.init_image, size) for job in jobs]
+            arguments["strength"] = plan.strength
+            pipe = self.pipes.img2img
+            if kind == "inpaint":
+                pipe = self.pipes.inpaint
+                arguments["mask_image"] = [_open_mask(job.mask_image, size) for job in jobs]
+                arguments.update(width=plan.width, height=plan.height)
+        with torch.inference_mode():
+            return pipe(**arguments).images
+
+    def step_callback(self, batch: list[Slot]) -> Callable:
+        plans = list({id(plan): plan for plan, _ in batch}.values())
+        slots_in_batch = Counter(id(plan) for plan, _ in batch)
+
+        def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
+            self.take_messages(block=False)  # so a cancel can arrive mid-batch
+            for plan in plans:
+                if not plan.cancelled:
+                    done = (len(plan.images) * plan.steps_run
+                            + slots_in_batch[id(plan)] * (step + 1))
+                    self.send(protocol.Progress(plan.job.job_id, done,
+                                                plan.job.n * plan.steps_run))
+            if self.stopping or all(plan.cancelled for plan in plans):
+                pipe._interrupt = True  # diffusers' documented way to stop between steps
+            return tensors
+
+        return on_step_end
+
+    def save(self, plan: Plan, index: int, image: Image.Image) -> None:
+        job = plan.job
+        folder = self.images_dir / "out"
+        folder.mkdir(parents=True, exist_ok=True)
+        seed = job.seed + index
+        path = folder / f"{job.job_id}-{index}-{seed}.png"
+        partial = path.with_suffix(".part")
+        image.save(partial, format="PNG")
+        os.replace(partial, path)  # a crash never leaves half a PNG under the final name
+        plan.images[index] = protocol.ImageFile(str(path), seed, image.width, image.height)
+        if len(plan.images) == job.n:
+            del self.plans[job.job_id]
+            images = tuple(plan.images[i] for i in range(job.n))
+            self.send(protocol.Result(job.job_id, images, round(plan.engine_seconds, 4),
+                                      self.model_version))
+
+    @property
+    def model_version(self) -> str:
+        return "base"
+
+
+def _open_rgb(path: str | None, size: tuple[int, int]) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+
+
+def _open_mask(path: str | None, size: tuple[int, int]) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("L").resize(size, Image.Resampling.NEAREST)

@@ -1,0 +1,100 @@
+"""Shared helpers: a config in a temporary folder, the console run as a real subprocess, and a
+deliverer that records what a chat user would have been sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bot.store import ImageRow, JobRow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_config(folder: Path, **sections: dict[str, Any]) -> Path:
+    """A config.yaml whose data lives in `folder`; keyword arguments override sections."""
+    config: dict[str, Any] = {"storage": {"db": "canvas.db", "images": "images"}}
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@dataclass
+class ConsoleRun:
+    records: list[dict[str, Any]]
+    stderr: str
+    returncode: int
+
+    @property
+    def replies(self) -> list[dict[str, Any]]:
+        """The immediate answer to each input line, in order (one per line)."""
+        return [r for r in self.records
+                if r["type"] == "text" or (r["type"] == "error" and "job" not in r)]
+
+    def images(self, job_id: int) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["type"] == "image" and r["job"] == job_id]
+
+    def failure(self, job_id: int) -> str | None:
+        for r in self.records:
+            if r["type"] == "error" and r.get("job") == job_id:
+                return r["error"]
+        return None
+
+
+def run_console(config: Path, lines: list[str], timeout: float = 180) -> ConsoleRun:
+    """`canvas console --json` as a user runs it, fed `lines` on standard input."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "console", "--json", "--config", str(config)],
+        input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=timeout,
+        cwd=config.parent,
+    )
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    return ConsoleRun(records, done.stderr, done.returncode)
+
+
+class Recorder:
+    """A Deliverer that keeps what it was asked to deliver, for tests to wait on."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        self.images: dict[int, list[ImageRow]] = {}
+        self.failures: dict[int, str] = {}
+        self.deliveries: list[int] = []
+        self._done: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
+        self._started: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
+
+    async def progress(self, job: JobRow, step: int, total: int) -> None:
+        self.steps[job.id].append((step, total))
+        self._started[job.id].set()
+
+    async def deliver_images(self, job: JobRow, images: list[ImageRow]) -> None:
+        self.images[job.id] = images
+        self.deliveries.append(job.id)
+        self._done[job.id].set()
+
+    async def deliver_failure(self, job: JobRow, message: str) -> None:
+        self.failures[job.id] = message
+        self.deliveries.append(job.id)
+        self._done[job.id].set()
+
+    async def wait(self, job_id: int, timeout: float = 60) -> None:
+        await asyncio.wait_for(self._done[job_id].wait(), timeout)
+
+    async def wait_started(self, job_id: int, timeout: float = 60) -> None:
+        await asyncio.wait_for(self._started[job_id].wait(), timeout)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    return write_config(tmp_path)

@@ -1,0 +1,143 @@
+"""The engine on the bundled model, in this process: its images against a direct diffusers call,
+batched against one by one, cancel between steps, bad requests."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from engine import protocol
+from engine.pipelines import fit_size, load
+from engine.shapes import MODEL_DIR
+from engine.worker import Engine
+
+
+@pytest.fixture(scope="module")
+def pipelines():
+    return load("bundled:shapes", "cpu")
+
+
+class Harness:
+    """An Engine fed from a list, recording what it sends; `on_send` may react mid-run."""
+
+    def __init__(self, pipelines, images: Path, max_batch: int) -> None:
+        self.sent: list[protocol.FromEngine] = []
+        self.inbox: queue.Queue = queue.Queue()
+        self.on_send = lambda message: None
+        self.engine = Engine(pipelines, images, max_batch, self._send, self.inbox)
+
+    def _send(self, message: protocol.FromEngine) -> None:
+        self.sent.append(message)
+        self.on_send(message)
+
+    def run(self, *jobs: protocol.Job) -> dict[int, protocol.Result]:
+        for job in jobs:
+            self.inbox.put(job)
+        # The engine's loop, run until the work is done instead of until Shutdown.
+        self.engine.take_messages(block=False)
+        while self.engine.slots:
+            self.engine.run_batch(self.engine.next_batch())
+        return {m.job_id: m for m in self.sent if isinstance(m, protocol.Result)}
+
+    def of_type(self, kind: type) -> list:
+        return [m for m in self.sent if isinstance(m, kind)]
+
+
+def pixels(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+
+def test_engine_image_equals_a_direct_diffusers_call(pipelines, tmp_path):
+    job = protocol.Job(1, "txt2img", "a red circle on a blue background", seed=1234, steps=12,
+                       guidance=4.5, negative_prompt="green", aspect=(1, 1))
+    result = Harness(pipelines, tmp_path, max_batch=4).run(job)[1]
+
+    direct = StableDiffusionPipeline.from_pretrained(MODEL_DIR)
+    direct.set_progress_bar_config(disable=True)
+    expected = direct("a red circle on a blue background", negative_prompt="green",
+                      num_inference_steps=12, guidance_scale=4.5, width=64, height=64,
+                      generator=torch.Generator("cpu").manual_seed(1234)).images[0]
+    assert (result.images[0].width, result.images[0].height) == (64, 64)
+    assert np.array_equal(pixels(result.images[0].path), np.asarray(expected).astype(int))
+
+
+def test_batched_jobs_match_the_same_jobs_run_one_by_one(pipelines, tmp_path):
+    jobs = [
+        protocol.Job(1, "txt2img", "a red circle", seed=1, steps=8),
+        protocol.Job(2, "txt2img", "a blue square on a yellow background", seed=2, steps=8,
+                     negative_prompt="red"),
+        protocol.Job(3, "txt2img", "a green triangle", seed=3, steps=8, n=2),
+    ]
+    batched = Harness(pipelines, tmp_path / "batched", max_batch=4)
+    together = batched.run(*jobs)
+    alone = Harness(pipelines, tmp_path / "alone", max_batch=1).run(*jobs)
+
+    assert {m.batch_size for m in batched.of_type(protocol.Started)} == {4}
+    for job in jobs:
+        assert len(together[job.job_id].images) == job.n
+        for a, b in zip(together[job.job_id].images, alone[job.job_id].images, strict=True):
+            assert a.seed == b.seed
+            assert np.abs(pixels(a.path) - pixels(b.path)).max() <= 1
+    # Different seeds really give different pictures (the comparison above is not vacuous).
+    first, second = together[3].images
+    assert not np.array_equal(pixels(first.path), pixels(second.path))
+
+
+def test_only_compatible_jobs_share_a_batch(pipelines, tmp_path):
+    harness = Harness(pipelines, tmp_path, max_batch=4)
+    harness.run(protocol.Job(1, "txt2img", "a red circle", seed=1, steps=4),
+                protocol.Job(2, "txt2img", "a red circle", seed=1, steps=6),
+                protocol.Job(3, "txt2img", "a red circle", seed=1, steps=4, aspect=(2, 1)))
+    assert [m.batch_size for m in harness.of_type(protocol.Started)] == [1, 1, 1]
+
+
+def test_cancel_stops_a_running_job_between_steps(pipelines, tmp_path):
+    harness = Harness(pipelines, tmp_path, max_batch=4)
+
+    def cancel_after_two_steps(message):
+        if isinstance(message, protocol.Progress) and message.step == 2:
+            harness.inbox.put(protocol.Cancel(1))
+
+    harness.on_send = cancel_after_two_steps
+    results = harness.run(protocol.Job(1, "txt2img", "a red circle", seed=1, steps=50))
+    assert results == {}
+    failed = harness.of_type(protocol.Failed)
+    assert [(f.job_id, f.kind) for f in failed] == [(1, "cancelled")]
+    steps = [m.step for m in harness.of_type(protocol.Progress)]
+    assert max(steps) < 10  # stopped within a step or so, not after all 50
+    assert not list(tmp_path.glob("out/*.png"))
+
+
+def test_a_job_for_another_model_is_refused_as_a_bad_request(pipelines, tmp_path):
+    harness = Harness(pipelines, tmp_path, max_batch=4)
+    harness.run(protocol.Job(1, "txt2img", "a red circle", seed=1, model="sdxl-turbo"))
+    [failed] = harness.of_type(protocol.Failed)
+    assert failed.kind == "bad_request" and "sdxl-turbo" in failed.error
+
+
+def test_img2img_and_inpaint_keep_the_source_aspect(pipelines, tmp_path):
+    source = tmp_path / "source.png"
+    Image.new("RGB", (200, 100), "red").save(source)
+    mask = tmp_path / "mask.png"
+    Image.new("L", (200, 100), 255).save(mask)
+    results = Harness(pipelines, tmp_path, max_batch=4).run(
+        protocol.Job(1, "img2img", "a red circle", seed=1, steps=10, init_image=str(source)),
+        protocol.Job(2, "inpaint", "a blue square", seed=1, steps=10, init_image=str(source),
+                     mask_image=str(mask)),
+    )
+    for job_id in (1, 2):
+        image = results[job_id].images[0]
+        assert (image.width, image.height) == (96, 48)
+        assert Image.open(image.path).size == (96, 48)
+
+
+@pytest.mark.parametrize(("aspect", "size"), [((1, 1), (64, 64)), ((16, 9), (80, 48)),
+                                              ((9, 16), (48, 80)), ((4, 1), (128, 32))])
+def test_fit_size_keeps_the_native_area_on_the_models_grid(pipelines, aspect, size):
+    assert fit_size(aspect, pipelines.settings) == size
