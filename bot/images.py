@@ -50,8 +50,11 @@ def open_image(data: bytes, limits: ImageLimits, what: str = "image") -> Image.I
         raise
     except UnidentifiedImageError:
         raise ImageError(f"The {what} is not an image file I can read.") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own guard fired while reading the header: far beyond any sensible size.
+        raise ImageError(f"The {what} is far too large; the limit is {limits.max_pixels:,} "
+                         "pixels in all.") from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"The {what} looks damaged and could not be read ({error}).") from None
     return ImageOps.exif_transpose(image)
 

@@ -1,7 +1,8 @@
 """Create the `bundled:shapes` diffusers folder at `engine/shapes/model/`.
 
 Run with `python -m engine.shapes.build`. The weights are randomly initialised from a fixed seed,
-so two runs give byte-identical files; a later training step fills them in. The architecture is
+so two runs give byte-identical files. `python -m engine.shapes.train` starts from the same
+architecture, trains it and writes the committed folder. The architecture is
 sized for 64×64 pictures of one coloured shape on a coloured background.
 """
 
@@ -42,9 +43,12 @@ VOCAB_WORDS = FILLER_WORDS + SHAPES + COLOURS
 TEXT_HIDDEN_SIZE = 64
 TEXT_MAX_LENGTH = 16  # bos + eos + 14 words: far more than any shapes prompt needs
 
-VAE_CHANNELS = (32, 64, 64)
+VAE_CHANNELS = (16, 32, 64)
 UNET_CHANNELS = (32, 64, 64)
-NORM_GROUPS = 16
+# Few, wide groups: GroupNorm removes each group's mean, and in flat-coloured pictures the
+# colour lives in those means.
+VAE_NORM_GROUPS = 4
+UNET_NORM_GROUPS = 8
 
 
 def word_symbols(word: str) -> list[str]:
@@ -128,8 +132,10 @@ def build_vae() -> AutoencoderKL:
         block_out_channels=VAE_CHANNELS,
         layers_per_block=1,
         latent_channels=LATENT_CHANNELS,
-        norm_num_groups=NORM_GROUPS,
+        norm_num_groups=VAE_NORM_GROUPS,
         sample_size=NATIVE_SIZE,
+        # Without attention the VAE is purely convolutional, so it can train on small crops.
+        mid_block_add_attention=False,
     )
 
 
@@ -145,7 +151,7 @@ def build_unet() -> UNet2DConditionModel:
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         block_out_channels=UNET_CHANNELS,
         layers_per_block=1,
-        norm_num_groups=NORM_GROUPS,
+        norm_num_groups=UNET_NORM_GROUPS,
         cross_attention_dim=TEXT_HIDDEN_SIZE,
         attention_head_dim=2,
         use_linear_projection=True,
@@ -235,9 +241,8 @@ def save(pipe: StableDiffusionPipeline, folder: Path) -> None:
     write_json(folder / "canvas.json", canvas_settings(pipe))
 
 
-def build(model_dir: Path = MODEL_DIR) -> Path:
-    """Write the model folder to `model_dir`, replacing any earlier build."""
-    pipe = build_pipeline()
+def write_folder(pipe: StableDiffusionPipeline, model_dir: Path = MODEL_DIR) -> Path:
+    """Write `pipe` as the model folder `model_dir`, replacing any earlier one."""
     # Build next to the target and swap it in, so a failed run leaves no half-written folder.
     staging = model_dir.with_name(f".{model_dir.name}-staging")
     shutil.rmtree(staging, ignore_errors=True)
@@ -248,6 +253,11 @@ def build(model_dir: Path = MODEL_DIR) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return model_dir
+
+
+def build(model_dir: Path = MODEL_DIR) -> Path:
+    """Write the untrained model folder to `model_dir`, replacing any earlier build."""
+    return write_folder(build_pipeline(), model_dir)
 
 
 def main() -> None:

@@ -1,0 +1,106 @@
+"""The bundled shapes model draws what it is told, as the pixel checker reads it, through the
+real engine at the model's default steps. Seeds here were not used to train or tune the model."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import protocol
+from engine.pipelines import Pipelines, load
+from engine.shapes import checker, draw
+from engine.worker import Engine
+
+INPAINT_BOUND = 0.06  # mean absolute change outside the mask, as a share of full scale
+
+
+@pytest.fixture(scope="module")
+def pipes() -> Pipelines:
+    return load("bundled:shapes", "cpu")
+
+
+def run(pipes: Pipelines, folder: Path, *jobs: protocol.Job) -> list[Image.Image]:
+    """Each job's first image, in job order, from an in-process Engine."""
+    sent: list = []
+    inbox: queue.Queue = queue.Queue()
+    engine = Engine(pipes, folder, 8, sent.append, inbox)
+    for job in jobs:
+        inbox.put(job)
+    engine.take_messages(block=False)
+    while engine.slots:
+        engine.run_batch(engine.next_batch())
+    paths = {m.job_id: m.images[0].path for m in sent if isinstance(m, protocol.Result)}
+    return [Image.open(paths[job.job_id]).convert("RGB") for job in jobs]
+
+
+def imagine(pipes: Pipelines, folder: Path, prompt: str, seed: int) -> Image.Image:
+    return run(pipes, folder, protocol.Job(1, "txt2img", prompt, seed=seed))[0]
+
+
+def test_checker_reads_training_drawings() -> None:
+    rng = np.random.default_rng(20_250_101)
+    scenes = [draw.random_scene(rng) for _ in range(300)]
+    for scene in scenes:
+        seen = checker.read(draw.draw(scene))
+        assert (seen.background, seen.colour, seen.shape) == (
+            scene.background, scene.colour, scene.shape
+        ), scene
+
+
+def test_checker_reads_enlarged_drawings_and_plain_backgrounds() -> None:
+    scene = draw.Scene("triangle", "white", draw.DEFAULT_BACKGROUND, side=30, left=10, top=20)
+    seen = checker.read(draw.draw(scene).resize((256, 256), Image.Resampling.BICUBIC))
+    assert seen == checker.Reading("grey", "white", "triangle")
+    assert checker.read(Image.new("RGB", (64, 64), draw.PALETTE["blue"])).shape is None
+
+
+@pytest.mark.parametrize("seed", [7, 8, 9])
+def test_imagine_draws_what_the_prompt_says(pipes: Pipelines, tmp_path: Path, seed: int) -> None:
+    image = imagine(pipes, tmp_path, "a red circle on a blue background", seed)
+    assert checker.read(image) == checker.Reading("blue", "red", "circle")
+
+
+def test_a_circle_comes_in_many_colours(pipes: Pipelines, tmp_path: Path) -> None:
+    jobs = [protocol.Job(i, "txt2img", "a circle", seed=900 + i) for i in range(40)]
+    readings = [checker.read(image) for image in run(pipes, tmp_path, *jobs)]
+    assert len({reading.colour for reading in readings}) >= 4
+    assert sum(reading.background == "grey" for reading in readings) >= 36
+
+
+def test_vary_keeps_the_picture_and_full_strength_follows_a_new_prompt(
+    pipes: Pipelines, tmp_path: Path
+) -> None:
+    prompt = "a red circle on a blue background"
+    source = tmp_path / "source.png"
+    imagine(pipes, tmp_path, prompt, seed=31).save(source)
+    kept, redrawn = run(
+        pipes, tmp_path,
+        protocol.Job(2, "img2img", prompt, seed=32, init_image=str(source)),
+        protocol.Job(3, "img2img", "a green square on a yellow background", seed=33,
+                     strength=1.0, init_image=str(source)),
+    )  # fmt: skip
+    assert checker.read(kept).colour == "red"
+    assert checker.read(redrawn) == checker.Reading("yellow", "green", "square")
+
+
+def test_inpaint_repaints_the_mask_and_keeps_the_rest(pipes: Pipelines, tmp_path: Path) -> None:
+    picture = draw.draw(draw.Scene("circle", "red", "blue", side=24, left=4, top=20))
+    mask = Image.new("L", picture.size, 0)
+    mask.paste(255, (32, 0, 64, 64))  # the right half, away from the circle
+    picture.save(tmp_path / "picture.png")
+    mask.save(tmp_path / "mask.png")
+    job = protocol.Job(1, "inpaint", "a yellow square", seed=41,
+                       init_image=str(tmp_path / "picture.png"),
+                       mask_image=str(tmp_path / "mask.png"))
+    result = np.asarray(run(pipes, tmp_path, job)[0], dtype=float)
+    before = np.asarray(picture, dtype=float)
+    labels = checker.colour_map(Image.fromarray(result.astype(np.uint8)))
+    inside = np.asarray(mask) > 0
+    yellow = checker.NAMES.index("yellow")
+    assert (labels[inside] == yellow).mean() > 0.1
+    change_outside = np.abs(result - before)[~inside].mean() / 255
+    assert change_outside < INPAINT_BOUND
