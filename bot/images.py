@@ -80,6 +80,19 @@ def split_image_and_mask(image: Image.Image, mask: Image.Image | None) -> tuple[
     return image.convert("RGB"), mask
 
 
+def png_for_chat(path: str | Path, min_size: int) -> bytes:
+    """A result as PNG bytes for a chat, enlarged so its shorter side is at least `min_size`
+    (a 64-pixel image is a smudge in a chat window)."""
+    with Image.open(path) as image:
+        factor = max(1, -(-min_size // min(image.size)))  # ceiling division
+        if factor > 1:
+            image = image.resize((image.width * factor, image.height * factor),
+                                 Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def save_png(image: Image.Image, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{uuid.uuid4().hex}.png"

@@ -148,7 +148,7 @@ class Service:
             case cmd.Inpaint():
                 return await self._inpaint(user_id, request, image, mask, origin)
             case cmd.Rate():
-                return await self.rate(user_id, request.image_id, request.score)
+                return await self._rate(user_id, request.image_id, request.score)
             case cmd.Cancel():
                 return await self._cancel(user, user_id, request.job_id)
             case cmd.ShowQueue():
@@ -211,7 +211,28 @@ class Service:
         picture, mask_picture = split_image_and_mask(picture, mask_picture)
         return save_png(picture, self._uploads), save_png(mask_picture, self._uploads)
 
-    async def rate(self, user_id: int, image_id: int, score: int) -> Reply:
+    async def reroll(self, user: User, image_id: int,
+                     origin: dict[str, Any] | None = None) -> Reply:
+        """Run the job that made an image again with a new seed (the Reroll button)."""
+        try:
+            source = await self._image(image_id)
+            job = await self.store.get_job(source.job_id)
+            user_id = await self.store.ensure_user(user.platform, user.user_id, user.name)
+            return await self._submit(NewJob(
+                user_id=user_id, kind=job.kind, prompt=job.prompt,
+                negative_prompt=job.negative_prompt, seed=self._seed(None), n=job.n,
+                steps=job.steps, guidance=job.guidance, aspect=(job.aspect_w, job.aspect_h),
+                strength=job.strength, model=job.model, source_image_id=job.source_image_id,
+                init_path=job.init_path, mask_path=job.mask_path, origin=origin or {}))
+        except UserError as error:
+            return Reply(str(error), error=True)
+
+    @property
+    def chat_image_size(self) -> int:
+        """Adapters enlarge results to at least this many pixels a side (a model setting)."""
+        return self.engine.ready.min_output_size if self.engine.ready else 0
+
+    async def _rate(self, user_id: int, image_id: int, score: int) -> Reply:
         if not 1 <= score <= 5:
             raise UserError(f"A rating is a whole number from 1 to 5; you gave {score}.")
         await self._image(image_id)

@@ -81,7 +81,8 @@ def main() -> None:
     threading.Thread(target=_read_stdin, args=(inbox,), daemon=True, name="stdin").start()
     engine = Engine(pipelines, args.images, args.max_batch, send, inbox)
     send(protocol.Ready(args.model, engine.model_version, str(pipelines.device),
-                        str(pipelines.dtype).removeprefix("torch.")))
+                        str(pipelines.dtype).removeprefix("torch."),
+                        pipelines.settings.min_output_size))
     engine.run()
 
 

@@ -55,6 +55,7 @@ class Ready:
     model_version: str
     device: str
     dtype: str
+    min_output_size: int = 0  # chats show this model's images enlarged to at least this
 
 
 @dataclass(frozen=True)

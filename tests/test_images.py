@@ -7,7 +7,13 @@ import io
 import pytest
 from PIL import Image
 
-from bot.images import ImageError, ImageLimits, open_image, split_image_and_mask
+from bot.images import (
+    ImageError,
+    ImageLimits,
+    open_image,
+    png_for_chat,
+    split_image_and_mask,
+)
 
 LIMITS = ImageLimits(max_bytes=2_000_000, max_pixels=4096 * 4096)
 
@@ -83,3 +89,11 @@ def test_masks_of_the_wrong_size_or_all_black_or_missing_are_refused():
         split_image_and_mask(image, None)
     _, mask = split_image_and_mask(image, Image.new("L", (8, 8), 255))
     assert mask.getextrema() == (255, 255)  # all white: repaint everything, allowed
+
+
+def test_results_are_enlarged_for_chats_to_the_models_minimum(tmp_path):
+    path = tmp_path / "small.png"
+    Image.new("RGB", (96, 48), "red").save(path)
+    enlarged = Image.open(io.BytesIO(png_for_chat(path, 256)))
+    assert enlarged.size == (576, 288)  # whole factor 6: the shorter side 48 -> 288 >= 256
+    assert Image.open(io.BytesIO(png_for_chat(path, 0))).size == (96, 48)

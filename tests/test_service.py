@@ -135,6 +135,22 @@ async def test_ratings_are_stored_replaced_and_checked(tmp_path):
         assert await bot.store.rating(image_id, 1) == 2
 
 
+async def test_reroll_repeats_the_job_with_a_new_seed(tmp_path):
+    async with Bot(tmp_path) as bot:
+        job = await bot.say(ALICE, "/imagine a red circle --no blue --steps 4 --seed 5 --ar 2:1")
+        await bot.recorder.wait(job.job_id)
+        image = bot.recorder.images[job.job_id][0]
+        again = await bot.service.reroll(BOB, image.id, {"chat": 7})
+        await bot.recorder.wait(again.job_id)
+        row, source = bot.row(again.job_id), bot.row(job.job_id)
+        same = ("kind", "prompt", "negative_prompt", "steps", "guidance", "width", "height")
+        assert [row[k] for k in same] == [source[k] for k in same]
+        assert row["seed"] != 5 and row["origin"] == '{"chat": 7}'
+        assert bot.recorder.images[again.job_id][0].seed == row["seed"]
+        missing = await bot.service.reroll(BOB, 999)
+        assert missing.error and "no image #999" in missing.text
+
+
 async def test_history_lists_the_users_images_newest_first(tmp_path):
     async with Bot(tmp_path) as bot:
         assert "no images yet" in (await bot.say(ALICE, "/history")).text
