@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -23,24 +25,51 @@ def build_service(settings: Settings, store: Store) -> Service:
     return Service(settings, store, EngineClient(options))
 
 
-async def serve(settings: Settings, *, json_mode: bool = False) -> None:
-    """Run until the adapters finish (the console at end of input), then stop cleanly."""
+# Chat adapters by the settings section that holds their token, imported only when used.
+CHAT_ADAPTERS = {
+    "telegram": "bot.adapters.telegram:TelegramAdapter",
+    "discord": "bot.adapters.discord:DiscordAdapter",
+}
+
+
+def load_adapter(platform: str) -> type:
+    module, _, name = CHAT_ADAPTERS[platform].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+async def serve(settings: Settings, *, console: bool | None = None,
+                json_mode: bool = False) -> None:
+    """Run the adapters until a stop signal (or, for the console alone, end of input), then
+    stop cleanly: adapters first, so nothing new arrives, then the engine and the store.
+
+    `console=None` means: the console only when no chat token is set."""
     from bot.adapters.console import ConsoleAdapter
 
     settings.storage.images.mkdir(parents=True, exist_ok=True)
     store = await Store.open(settings.storage.db)
     service = build_service(settings, store)
-    adapters = []
-    for platform in ("telegram", "discord"):
-        if getattr(settings, platform).token:
-            log.warning("a %s token is set, but this version has no %s adapter yet; ignoring it",
-                        platform, platform)
-    console = ConsoleAdapter(service, json_mode=json_mode)
-    adapters.append(console.run())
+    chats = [] if console else [p for p in CHAT_ADAPTERS if getattr(settings, p).token]
+    adapters = [load_adapter(platform)(service, settings) for platform in chats]
+    terminal = ConsoleAdapter(service, json_mode=json_mode) if console or not chats else None
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     try:
+        for adapter in adapters:
+            await adapter.start()
         await service.start()
-        await asyncio.gather(*adapters)
+        log.info("serving on %s", ", ".join(chats + (["console"] if terminal else [])))
+        waits = [asyncio.create_task(stop.wait())]
+        if terminal:
+            waits.append(asyncio.create_task(terminal.run()))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in waits:
+            task.cancel()
     finally:
+        for adapter in adapters:
+            await adapter.stop()
         await service.stop()
         await store.close()
 
@@ -64,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s bot %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(settings, json_mode=getattr(args, "json", False)))
+        console = True if args.command == "console" else None
+        asyncio.run(serve(settings, console=console, json_mode=getattr(args, "json", False)))
     except EngineError as error:
         print(f"canvas: {error}", file=sys.stderr)
         return 1
