@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,6 +296,7 @@ class Service:
         return {job_id: user_id for job_id, (user_id, _) in self._active.items()}
 
     async def _submit(self, new: NewJob) -> Reply:
+        self._check_blocked_words(new.prompt)
         async with self._admission:
             return await self._admit(new)
 
@@ -405,6 +407,14 @@ class Service:
     def _image_limits(self) -> ImageLimits:
         limits = self.settings.limits
         return ImageLimits(limits.max_image_bytes, limits.max_image_pixels)
+
+    def _check_blocked_words(self, prompt: str) -> None:
+        words = set(re.findall(r"\w+", prompt.casefold()))
+        blocked = [word for word in self.settings.limits.blocked_words
+                   if word.casefold() in words]
+        if blocked:
+            raise UserError("Sorry, this bot's admins do not allow prompts with the word "
+                            f"{blocked[0]!r}. Please rephrase.")
 
     def _check_model(self, model: str | None) -> None:
         if model is not None and model != self.model_name:

@@ -164,6 +164,13 @@ async def test_history_lists_the_users_images_newest_first(tmp_path):
         assert "no images yet" in (await bot.say(BOB, "/history")).text
 
 
+async def test_blocked_words_are_refused_politely(tmp_path):
+    async with Bot(tmp_path, blocked_words=["Gore"]) as bot:
+        refused = await bot.say(ALICE, "/imagine a red circle full of GORE")
+        assert refused.error and "'Gore'" in refused.text and "rephrase" in refused.text
+        assert not (await bot.say(ALICE, "/imagine a gorgeous red circle --steps 2")).error
+
+
 async def test_admin_commands_are_refused_to_others(tmp_path):
     async with Bot(tmp_path) as bot:
         refused = await bot.say(User("telegram", "7"), "/retrain")

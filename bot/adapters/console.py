@@ -63,6 +63,11 @@ class ConsoleAdapter:
 
     async def run(self) -> None:
         """Serve commands until end of input, then wait for the jobs started here."""
+        if not self.json_mode:
+            ready = self.service.engine.ready
+            where = f" ({ready.device})" if ready else ""
+            print(f"Magic Canvas on {self.service.model_name}{where}. Type a command such as "
+                  "/imagine a red circle, or /help.", file=self.stdout, flush=True)
         while line := await asyncio.to_thread(self.stdin.readline):
             if line.strip():
                 await self.command(line.strip())
