@@ -565,3 +565,84 @@ def parse(text: str, *, max_prompt_chars: int = 1000) -> Request:
     if parser is None:
         raise _unknown_command(name)
     return parser(tokens[1:], max_prompt_chars)
+
+
+# ---------------------------------------------------------------------------
+# Typed options (platforms with their own option fields, such as Discord's slash commands)
+#
+# The same checks and messages as the text syntax, for values that arrive already typed.
+# None means the option was not given.
+
+
+def _typed_text(value: str | None, label: str, max_chars: int) -> str:
+    """Normalised like typed text: control characters dropped, whitespace runs collapsed."""
+    return _text(" ".join(_clean(value or "").split()), label, max_chars)
+
+
+def _typed_prompt(value: str | None, example: str, max_chars: int) -> str:
+    prompt = _typed_text(value, "Your prompt", max_chars)
+    if not prompt:
+        raise CommandError(f"Please describe the picture you want, like {example}.")
+    return prompt
+
+
+def _typed_number(value: float, label: str, low: float, high: float, example: str) -> float:
+    if math.isfinite(value) and low <= value <= high:
+        return float(value)
+    raise CommandError(
+        f"The {label} must be a number from {low:g} to {high:g}, like {example}; "
+        f"you gave {value:g}."
+    )
+
+
+def imagine_from_options(prompt: str, *, negative: str | None = None, seed: int | None = None,
+                         steps: int | None = None, cfg: float | None = None,
+                         aspect: str | None = None, n: int | None = None,
+                         model: str | None = None, max_prompt_chars: int = 1000) -> Imagine:
+    """An Imagine request from typed option values, checked like `/imagine` text."""
+    return Imagine(
+        prompt=_typed_prompt(prompt, "a red fox in the snow", max_prompt_chars),
+        negative=_typed_text(negative, "The negative prompt", max_prompt_chars),
+        seed=None if seed is None else _seed(str(seed)),
+        steps=None if steps is None else _steps(str(steps)),
+        cfg=None if cfg is None else _typed_number(cfg, "CFG scale", 0, MAX_CFG, "7.5"),
+        aspect=(1, 1) if aspect is None else _aspect(aspect.strip()),
+        n=1 if n is None else _int_in(str(n), "number of pictures", 1, MAX_IMAGES),
+        model=None if model is None or not model.strip() else _name(model.strip(), "model name"),
+    )
+
+
+def inpaint_from_options(prompt: str, *, negative: str | None = None, seed: int | None = None,
+                         steps: int | None = None, cfg: float | None = None,
+                         max_prompt_chars: int = 1000) -> Inpaint:
+    """An Inpaint request from typed option values, checked like `/inpaint` text."""
+    return Inpaint(
+        prompt=_typed_prompt(prompt, "a red woollen hat", max_prompt_chars),
+        negative=_typed_text(negative, "The negative prompt", max_prompt_chars),
+        seed=None if seed is None else _seed(str(seed)),
+        steps=None if steps is None else _steps(str(steps)),
+        cfg=None if cfg is None else _typed_number(cfg, "CFG scale", 0, MAX_CFG, "7.5"),
+    )
+
+
+def vary_from_options(image_id: str | int | None = None, *, strength: float | None = None,
+                      seed: int | None = None, prompt: str | None = None,
+                      max_prompt_chars: int = 1000) -> Vary:
+    """A Vary request from typed option values; `image_id` may be written 12 or #12."""
+    if strength is not None and not (math.isfinite(strength) and 0 < strength <= 1):
+        raise CommandError(
+            f"The strength must be a number above 0 and at most 1, like 0.6; you gave {strength:g}."
+        )
+    text = None if prompt is None else _typed_text(prompt, "The prompt", max_prompt_chars)
+    return Vary(
+        image_id=None if image_id is None else _id(str(image_id).strip(), "image id"),
+        strength=None if strength is None else float(strength),
+        seed=None if seed is None else _seed(str(seed)),
+        prompt=text or None,
+    )
+
+
+def rate_from_options(image_id: str | int, score: int) -> Rate:
+    """A Rate request from typed option values; `image_id` may be written 12 or #12."""
+    return Rate(image_id=_id(str(image_id).strip(), "image id"),
+                score=_int_in(str(score), "score", 1, MAX_SCORE))
