@@ -31,6 +31,13 @@ class JobQueue:
             _, job = self._jobs.popitem(last=False)
             return job
 
+    async def put_back(self, job: Job) -> None:
+        """Return a job to the front: it was taken, but never reached an engine."""
+        async with self._changed:
+            self._jobs[job.job_id] = job
+            self._jobs.move_to_end(job.job_id, last=False)
+            self._changed.notify()
+
     def remove(self, job_id: int) -> bool:
         """Take a waiting job out; False if it is not waiting here (sent on, or unknown)."""
         return self._jobs.pop(job_id, None) is not None

@@ -89,6 +89,9 @@ class Service:
     _progress: dict[int, _Progress] = field(default_factory=dict)
     # Checking the limits and queuing must be one step, or two commands could both pass.
     _admission: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Jobs that were in the engine when it died once already; a second death fails them.
+    _retried: set[int] = field(default_factory=set)
+    _stopping: bool = False
     _tasks: set[asyncio.Task] = field(default_factory=set)
     _pump: asyncio.Task | None = None
 
@@ -112,6 +115,7 @@ class Service:
         self.engine.feed_from(self.queue)
 
     async def stop(self) -> None:
+        self._stopping = True  # the engine's exit from here on is expected, not a crash
         await self.engine.stop()
         if self._pump:
             await self._pump
@@ -318,11 +322,7 @@ class Service:
 
     async def _enqueue(self, job: JobRow) -> None:
         self._active[job.id] = (job.user_id, job.platform)
-        await self.queue.put(protocol.Job(
-            job_id=job.id, kind=job.kind, prompt=job.prompt, seed=job.seed,
-            negative_prompt=job.negative_prompt, n=job.n, steps=job.steps,
-            guidance=job.guidance, aspect=(job.aspect_w, job.aspect_h), strength=job.strength,
-            init_image=job.init_path, mask_image=job.mask_path, model=job.model))
+        await self.queue.put(_engine_job(job))
 
     # ---- engine events -------------------------------------------------------------------
 
@@ -331,8 +331,9 @@ class Service:
             event = await self.engine.events.get()
             try:
                 if isinstance(event, EngineExited):
-                    await self._engine_exited(event)
-                    return
+                    if self._stopping or not await self._engine_died(event):
+                        return
+                    continue
                 await self._on_event(event)
             except Exception:
                 log.exception("could not handle engine event %r", event)
@@ -365,15 +366,35 @@ class Service:
         if job is not None:
             self._spawn(self._deliver_outcome(job))
 
-    async def _engine_exited(self, event: EngineExited) -> None:
-        if not self._active:
-            return
-        log.error("the engine stopped; %d job(s) cannot finish", len(self._active))
-        for job_id in list(self._active):
-            if job_id in event.in_flight or job_id in self.queue.waiting():
+    async def _engine_died(self, event: EngineExited) -> bool:
+        """Start a new engine and give each job it held one more try. False if no engine
+        could be started: then every waiting job fails with a clear message."""
+        log.error("the engine died (exit code %s) holding jobs %s; restarting it",
+                  event.returncode, list(event.in_flight))
+        for job_id in reversed(event.in_flight):  # put back at the front, in their order
+            if job_id in self._retried:
+                await self._fail(job_id, "The image engine stopped twice while making this "
+                                 "image, so I gave up on it. Please try again, perhaps with "
+                                 "fewer steps or a smaller size.")
+                continue
+            self._retried.add(job_id)
+            await self.store.mark_requeued(job_id)
+            await self.queue.put_back(_engine_job(await self.store.get_job(job_id)))
+        try:
+            await self.engine.restart()
+        except Exception:
+            log.exception("could not restart the engine")
+            for job_id in list(self._active):
                 self.queue.remove(job_id)
-                await self.store.mark_failed(job_id, "The image engine stopped unexpectedly.")
-                await self._finished(job_id)
+                await self._fail(job_id, "The image engine stopped and could not be "
+                                 "restarted. Please tell the bot's admins.")
+            return False
+        self.engine.feed_from(self.queue)
+        return True
+
+    async def _fail(self, job_id: int, error: str) -> None:
+        await self.store.mark_failed(job_id, error)
+        await self._finished(job_id)
 
     async def _deliver_outcome(self, job: JobRow) -> None:
         """Send a finished job's outcome to its chat once, then record that it was sent."""
@@ -430,6 +451,14 @@ class Service:
         if image is None:
             raise UserError(f"There is no image #{image_id}. /history lists yours.")
         return image
+
+
+def _engine_job(job: JobRow) -> protocol.Job:
+    return protocol.Job(
+        job_id=job.id, kind=job.kind, prompt=job.prompt, seed=job.seed,
+        negative_prompt=job.negative_prompt, n=job.n, steps=job.steps, guidance=job.guidance,
+        aspect=(job.aspect_w, job.aspect_h), strength=job.strength, init_image=job.init_path,
+        mask_image=job.mask_path, model=job.model)
 
 
 def _short(text: str, limit: int = 60) -> str:

@@ -42,6 +42,8 @@ class JobSource(Protocol):
 
     async def get(self) -> protocol.Job: ...
 
+    async def put_back(self, job: protocol.Job) -> None: ...
+
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -93,7 +95,21 @@ class EngineClient:
         while True:
             await self._credit.acquire()
             job = await source.get()
-            await self.submit(job)
+            try:
+                await self.submit(job)
+            except ConnectionError:  # the engine died under us: the job never reached it
+                self.in_flight.pop(job.job_id, None)
+                await source.put_back(job)
+                return
+
+    async def restart(self) -> protocol.Ready:
+        """Start a new engine process after the last one died. The jobs it held are forgotten
+        here; the caller decides which to queue again."""
+        if self._feeder:
+            self._feeder.cancel()
+        self.in_flight.clear()
+        self._credit = asyncio.Semaphore(2 * self.options.max_batch)
+        return await self.start()
 
     async def submit(self, job: protocol.Job) -> None:
         self.in_flight[job.job_id] = job

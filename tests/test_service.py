@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -198,3 +200,19 @@ async def test_work_stored_before_a_crash_is_finished_and_delivered_once(tmp_pat
     async with Bot(tmp_path) as again:
         pass
     assert again.recorder.deliveries == []  # nothing is delivered twice
+
+
+async def test_a_killed_engine_is_restarted_and_its_job_retried_once(tmp_path):
+    async with Bot(tmp_path) as bot:
+        job = await bot.say(ALICE, f"/imagine a red circle {SLOW} --seed 11")
+        await bot.recorder.wait_started(job.job_id)
+        first_engine = bot.service.engine._process
+        os.kill(first_engine.pid, signal.SIGKILL)
+
+        row = await bot.delivered_row(job.job_id, timeout=60)
+        assert row["status"] == "done" and bot.recorder.deliveries == [job.job_id]
+        assert bot.recorder.images[job.job_id][0].seed == 11
+        assert bot.service.engine._process.pid != first_engine.pid
+        after = await bot.say(BOB, "/imagine a blue square --steps 3")  # still serving
+        await bot.recorder.wait(after.job_id)
+        assert len(bot.recorder.images[after.job_id]) == 1
