@@ -1,0 +1,238 @@
+"""The Telegram adapter end to end: the real python-telegram-bot talks over HTTP to a fake Bot
+API server on 127.0.0.1 (tests/fake_telegram.py), the real service runs the real engine process
+on the bundled model, and each test checks what a Telegram user would see."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from bot import commands as cmd
+from bot.adapters.telegram import TelegramAdapter, api_urls
+from bot.cli import build_service
+from bot.config import Settings, load_settings
+from bot.service import Service
+from bot.store import Store
+from engine.shapes import checker
+from tests import fake_telegram as tg
+from tests.conftest import write_config
+
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="module"),
+    # PTB's own AIORateLimiter reads RetryAfter.retry_after, deprecated in PTB 22.2.
+    pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning"),
+]
+
+FAST = "--steps 4"
+SCENE = re.compile(r"an? (\w+) (circle|square|triangle) on an? (\w+) background")
+MAX_IMAGE_BYTES = 200_000
+MAX_IMAGE_PIXELS = 256 * 256
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@dataclass
+class Canvas:
+    fake: tg.FakeTelegram
+    adapter: TelegramAdapter
+    service: Service
+    store: Store
+    settings: Settings
+    logs: Records
+
+    async def say(self, text: str | None = None, **message: Any) -> dict[str, Any]:
+        update = await self.fake.push(tg.message(text, **message))
+        return update["message"]
+
+    async def reply_to(self, sent: dict[str, Any], method: str = "sendMessage",
+                       **wait: Any) -> tg.Call:
+        """The bot's answer (a reply) to the user's message `sent`."""
+        return await self.fake.wait_for(
+            method, lambda call: _replied_to(call) == sent["message_id"], **wait)
+
+    async def photo_for(self, sent: dict[str, Any]) -> tuple[tg.Call, dict[str, Any]]:
+        """The sendPhoto answering `sent`, and the message the fake made of it."""
+        call = await self.fake.wait_for(
+            "sendPhoto", lambda c: _replied_to(c) == sent["message_id"] and c.result)
+        return call, call.result
+
+    def job(self, job_id: int) -> sqlite3.Row:
+        db = sqlite3.connect(self.settings.storage.db)
+        db.row_factory = sqlite3.Row
+        try:
+            return db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        finally:
+            db.close()
+
+    def image_id(self, call: tg.Call) -> int:
+        return int(str(call["caption"]).rsplit("image #", 1)[1])
+
+
+def _replied_to(call: tg.Call) -> int | None:
+    parameters = call.get("reply_parameters")
+    return parameters.get("message_id") if isinstance(parameters, dict) else None
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def canvas(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Canvas]:
+    folder = tmp_path_factory.mktemp("telegram")
+    fake = tg.FakeTelegram()
+    await fake.start()
+    config = write_config(
+        folder, telegram={"token": tg.TOKEN, "api_base_url": fake.url},
+        admins={"telegram": [tg.ADMIN["id"]]},
+        limits={"max_image_bytes": MAX_IMAGE_BYTES, "max_image_pixels": MAX_IMAGE_PIXELS})
+    settings = load_settings(config)
+    logs = Records()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(logs)
+    root.setLevel(logging.DEBUG)
+    store = await Store.open(settings.storage.db)
+    service = build_service(settings, store)
+    adapter = _adapter(service, settings)
+    await adapter.start()
+    await service.start()
+    canvas = Canvas(fake, adapter, service, store, settings, logs)
+    try:
+        yield canvas
+    finally:
+        await canvas.adapter.stop()
+        await service.stop()
+        await store.close()
+        await fake.stop()
+        root.removeHandler(logs)
+        root.setLevel(old_level)
+
+
+def _adapter(service: Service, settings: Settings) -> TelegramAdapter:
+    adapter = TelegramAdapter(service, settings)
+    adapter.album_wait = 0.3
+    adapter.status.private_interval = adapter.status.group_interval = 0.1
+    return adapter
+
+
+def png(colour: str = "red", size: tuple[int, int] = (64, 64), mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def photo(fake: tg.FakeTelegram, data: bytes, size: int | None = None) -> dict[str, Any]:
+    return {**fake.add_file(data, "photos/user.jpg", size), "width": 64, "height": 64}
+
+
+def document(fake: tg.FakeTelegram, data: bytes, name: str = "picture.png",
+             mime: str = "image/png") -> dict[str, Any]:
+    return {**fake.add_file(data, f"documents/{name}"), "file_name": name, "mime_type": mime}
+
+
+def assert_shows(data: bytes, prompt: str, size: int) -> None:
+    """The PNG that reached Telegram decodes, has the chat size, and shows what the prompt
+    asked for, as the shapes checker reads it."""
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG" and min(image.size) >= size
+    asked = SCENE.fullmatch(prompt)
+    assert asked, f"write prompts here as {SCENE.pattern}"
+    seen = checker.read(image.convert("RGB"))
+    assert (seen.colour, seen.shape, seen.background) == asked.groups()
+
+
+# ---- start-up ----------------------------------------------------------------------------
+
+
+async def test_commands_are_registered_with_descriptions(canvas: Canvas) -> None:
+    everyone, *admins = canvas.fake.called("setMyCommands")
+    names = {c["command"]: c["description"] for c in everyone["commands"]}
+    assert names["imagine"] == cmd.COMMANDS["imagine"] and "retrain" not in names
+    [admin] = admins
+    assert admin["scope"] == {"type": "chat", "chat_id": tg.ADMIN["id"]}
+    assert {c["command"] for c in admin["commands"]} == set(cmd.COMMANDS)
+
+
+async def test_api_urls_follow_the_settings() -> None:
+    assert api_urls("", "") == ("https://api.telegram.org/bot",
+                                "https://api.telegram.org/file/bot")
+    assert api_urls("http://127.0.0.1:8081", "") == ("http://127.0.0.1:8081/bot",
+                                                     "http://127.0.0.1:8081/file/bot")
+    assert api_urls("https://x/bot", "https://f") == ("https://x/bot", "https://f/file/bot")
+
+
+# ---- /imagine ----------------------------------------------------------------------------
+
+
+async def test_imagine_answers_at_once_edits_the_status_and_sends_the_photo(
+        canvas: Canvas) -> None:
+    fake = canvas.fake
+    # Progress edits are cosmetic: "not modified" and a flood wait must not stop the job.
+    generating = lambda params: "Generating" in str(params.get("text"))  # noqa: E731
+    fake.fail_next("editMessageText", 400, "Bad Request: message is not modified",
+                   when=generating)
+    fake.fail_next("editMessageText", 429, retry_after=1, when=generating)
+    prompt = "a red circle on a blue background"
+    sent = await canvas.say(f"/imagine@canvas_bot {prompt} --seed 7 --steps 40",
+                            chat=tg.GROUP)
+    status = await canvas.reply_to(sent)
+    assert status["text"] == "Working on it…"
+    call, message = await canvas.photo_for(sent)
+
+    edits = [c["text"] for c in fake.called("editMessageText")
+             if c["chat_id"] == tg.GROUP["id"] and c["text"] != "Working on it…"]
+    assert any(text.startswith("Queued job #") and "position 1" in text for text in edits)
+    assert any(text.startswith("Generating job #") and text.endswith("%") for text in edits)
+    # Once the photo is out, the status message goes (less clutter in a busy group).
+    await fake.wait_for("deleteMessage", lambda c: c["message_id"] == status.result["message_id"])
+
+    picture = Image.open(io.BytesIO(call.upload("photo")))
+    assert picture.format == "PNG" and min(picture.size) >= canvas.service.chat_image_size
+    image_id = canvas.image_id(call)
+    assert call["caption"].startswith(prompt) and f"seed 7 · image #{image_id}" in call["caption"]
+    buttons = [b["callback_data"] for row in call["reply_markup"]["inline_keyboard"] for b in row]
+    assert buttons == [f"v:{image_id}", f"r:{image_id}"] + [f"s:{image_id}:{s}"
+                                                             for s in range(1, 6)]
+    assert message["chat"]["id"] == tg.GROUP["id"]
+
+
+async def test_the_photo_shows_what_the_prompt_asked_for(canvas: Canvas) -> None:
+    prompt = "a red circle on a blue background"
+    sent = await canvas.say(f"/imagine {prompt} --seed 8")  # the model's default steps
+    call, _ = await canvas.photo_for(sent)
+    assert_shows(call.upload("photo"), prompt, canvas.service.chat_image_size)
+
+
+async def test_n_2_sends_an_album_with_a_keyboard_for_each_picture(canvas: Canvas) -> None:
+    sent = await canvas.say(f"/imagine a green square --n 2 {FAST}")
+    album = await canvas.fake.wait_for(
+        "sendMediaGroup", lambda c: _replied_to(c) == sent["message_id"] and c.result)
+    assert len(album["media"]) == 2
+    for item in album["media"]:
+        Image.open(io.BytesIO(album.upload(item["media"]))).verify()
+    keyboard = await canvas.fake.wait_for("sendMessage", lambda c: "reply_markup" in c.params
+                                          and _replied_to(c) == sent["message_id"])
+    rows = keyboard["reply_markup"]["inline_keyboard"]
+    assert len(rows) == 3 and rows[-1][0]["callback_data"].startswith("r:")
+
+
+async def test_a_command_for_another_bot_is_ignored_and_a_bad_one_explained(
+        canvas: Canvas) -> None:
+    other = await canvas.say("/imagine@other_bot a cat", chat=tg.GROUP)
+    bad = await canvas.say("/imagine a cat --seed lots")
+    answer = await canvas.reply_to(bad)
+    assert "seed must be a whole number" in answer["text"]
+    assert not [c for c in canvas.fake.calls if _replied_to(c) == other["message_id"]]
