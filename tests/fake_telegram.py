@@ -183,7 +183,7 @@ class FakeTelegram:
     def add_file(self, data: bytes, path: str, size: int | None = None) -> dict[str, Any]:
         """Store a file the way Telegram holds one; returns its metadata (file_id ...)."""
         file_id = f"file-{next(self._file_ids)}"
-        self.files[file_id] = (path, data)
+        self.files[file_id] = (f"{file_id}/{path}", data)
         return {"file_id": file_id, "file_unique_id": f"u{file_id}",
                 "file_size": len(data) if size is None else size}
 

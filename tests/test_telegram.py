@@ -209,6 +209,9 @@ async def test_imagine_answers_at_once_edits_the_status_and_sends_the_photo(
     assert message["chat"]["id"] == tg.GROUP["id"]
 
 
+# The bundled model in git is still the randomly initialised one; its training lands separately.
+# strict: once the trained model is committed this XPASSes and fails, so the mark gets removed.
+@pytest.mark.xfail(strict=True, reason="bundled:shapes is not trained yet in this commit")
 async def test_the_photo_shows_what_the_prompt_asked_for(canvas: Canvas) -> None:
     prompt = "a red circle on a blue background"
     sent = await canvas.say(f"/imagine {prompt} --seed 8")  # the model's default steps
@@ -236,3 +239,201 @@ async def test_a_command_for_another_bot_is_ignored_and_a_bad_one_explained(
     answer = await canvas.reply_to(bad)
     assert "seed must be a whole number" in answer["text"]
     assert not [c for c in canvas.fake.calls if _replied_to(c) == other["message_id"]]
+
+
+async def picture(canvas: Canvas, prompt: str = "a red square") -> tuple[dict[str, Any], int]:
+    """Imagine one picture; the photo message the user sees and its image id."""
+    sent = await canvas.say(f"/imagine {prompt} {FAST}")
+    call, message = await canvas.photo_for(sent)
+    return message, canvas.image_id(call)
+
+
+# ---- /vary -------------------------------------------------------------------------------
+
+
+async def test_vary_by_button_by_reply_and_by_caption(canvas: Canvas) -> None:
+    photo_message, image_id = await picture(canvas)
+
+    await canvas.fake.push(tg.button_press(photo_message, f"v:{image_id}", user=tg.BOB))
+    answer = await canvas.fake.wait_for("answerCallbackQuery")
+    assert answer["text"].startswith("Queued job #")
+    by_button, _ = await canvas.photo_for(photo_message)  # the variation replies to its source
+
+    reply = await canvas.say("/vary --strength 0.5", reply_to=photo_message)
+    by_reply, _ = await canvas.photo_for(reply)
+
+    upload = photo(canvas.fake, png("blue"))
+    captioned = await canvas.say(caption="/vary --prompt a blue circle", photo=upload)
+    by_caption, _ = await canvas.photo_for(captioned)
+
+    jobs = [canvas.job(int(_job_of(canvas, call))) for call in (by_button, by_reply, by_caption)]
+    assert [job["kind"] for job in jobs] == ["img2img"] * 3
+    assert [job["source_image_id"] for job in jobs] == [image_id, image_id, None]
+    assert jobs[1]["strength"] == 0.5 and jobs[2]["prompt"] == "a blue circle"
+
+
+def _job_of(canvas: Canvas, call: tg.Call) -> int:
+    db = sqlite3.connect(canvas.settings.storage.db)
+    try:
+        (job_id,) = db.execute("SELECT job_id FROM images WHERE id = ?",
+                               (canvas.image_id(call),)).fetchone()
+        return job_id
+    finally:
+        db.close()
+
+
+# ---- /inpaint ----------------------------------------------------------------------------
+
+
+async def test_inpaint_by_album_and_by_transparent_png(canvas: Canvas) -> None:
+    fake = canvas.fake
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    first = await canvas.say(caption="/inpaint a red circle", media_group_id="g1",
+                             photo=photo(fake, png("blue")))
+    await canvas.say(media_group_id="g1", photo=photo(fake, buffer.getvalue()))
+    by_album, _ = await canvas.photo_for(first)
+
+    hole = Image.new("RGBA", (64, 64), "green")
+    hole.paste((0, 0, 0, 0), (20, 20, 44, 44))
+    buffer = io.BytesIO()
+    hole.save(buffer, format="PNG")
+    single = await canvas.say(caption="/inpaint a yellow square",
+                              document=document(fake, buffer.getvalue(), "hole.png"))
+    by_png, _ = await canvas.photo_for(single)
+
+    for call, prompt in ((by_album, "a red circle"), (by_png, "a yellow square")):
+        job = canvas.job(_job_of(canvas, call))
+        assert (job["kind"], job["prompt"]) == ("inpaint", prompt)
+        with Image.open(job["mask_path"]) as stored_mask:
+            assert stored_mask.getextrema() == (0, 255)
+
+
+# ---- ratings -----------------------------------------------------------------------------
+
+
+async def test_rating_buttons_store_the_score_and_show_it_and_a_second_press_replaces_it(
+        canvas: Canvas) -> None:
+    fake = canvas.fake
+    photo_message, image_id = await picture(canvas, "a blue triangle")
+    start = len(fake.calls)
+    await fake.push(tg.button_press(photo_message, f"s:{image_id}:4"))
+    answer = await fake.wait_for("answerCallbackQuery", after=start)
+    assert answer["text"] == f"Thanks! You rated image #{image_id} 4/5."
+    marked = await fake.wait_for("editMessageReplyMarkup", after=start)
+    labels = [b["text"] for b in marked["reply_markup"]["inline_keyboard"][1]]
+    assert labels == ["1", "2", "3", "⭐4", "5"]
+
+    start = len(fake.calls)
+    await fake.push(tg.button_press(fake.messages[(tg.PRIVATE["id"],
+                                                   photo_message["message_id"])],
+                                    f"s:{image_id}:2"))
+    await fake.wait_for("editMessageReplyMarkup", after=start)
+    alice = await canvas.store.ensure_user("telegram", str(tg.ALICE["id"]))
+    assert await canvas.store.rating(image_id, alice) == 2
+
+    rated = await canvas.say(f"/rate {image_id} 5")
+    assert "5/5" in (await canvas.reply_to(rated))["text"]
+    assert await canvas.store.rating(image_id, alice) == 5
+
+
+async def test_a_forged_button_is_answered_politely(canvas: Canvas) -> None:
+    photo_message, image_id = await picture(canvas)
+    for data in ("s:1:9", "x:1", f"v:{10**30}", "v:99999"):
+        start = len(canvas.fake.calls)
+        await canvas.fake.push(tg.button_press(photo_message, data))
+        answer = await canvas.fake.wait_for("answerCallbackQuery", after=start)
+        assert "don't know that button" in answer["text"] or "no image #99999" in answer["text"]
+
+
+async def test_buttons_sent_before_a_restart_still_work(canvas: Canvas) -> None:
+    photo_message, image_id = await picture(canvas, "a green circle")
+    await canvas.adapter.stop()  # a new adapter keeps nothing from the old one
+    canvas.adapter = _adapter(canvas.service, canvas.settings)
+    await canvas.adapter.start()
+    start = len(canvas.fake.calls)
+    await canvas.fake.push(tg.button_press(photo_message, f"r:{image_id}"))
+    rerolled = await canvas.fake.wait_for(
+        "sendPhoto", lambda c: _replied_to(c) == photo_message["message_id"], after=start)
+    await canvas.fake.push(tg.button_press(photo_message, f"s:{image_id}:3", user=tg.BOB))
+    await canvas.fake.wait_for("editMessageReplyMarkup", after=start)
+    bob = await canvas.store.ensure_user("telegram", str(tg.BOB["id"]))
+    assert await canvas.store.rating(image_id, bob) == 3
+    assert canvas.job(_job_of(canvas, rerolled))["prompt"] == "a green circle"
+
+
+# ---- flood control -----------------------------------------------------------------------
+
+
+async def test_a_429_on_send_photo_is_waited_out(canvas: Canvas) -> None:
+    canvas.fake.fail_next("sendPhoto", 429, retry_after=1)
+    sent = await canvas.say(f"/imagine a purple square {FAST}")
+    call, _ = await canvas.photo_for(sent)
+    tries = [c for c in canvas.fake.called("sendPhoto") if _replied_to(c) == sent["message_id"]]
+    assert [c.error is not None for c in tries] == [True, False]
+    assert tries[1].at - tries[0].at >= 1.0
+
+
+# ---- other commands ----------------------------------------------------------------------
+
+
+async def test_admin_commands_are_refused_to_others_and_help_speaks_of_telegram(
+        canvas: Canvas) -> None:
+    refused = await canvas.say("/retrain", user=tg.BOB, chat=tg.GROUP)
+    assert "only the bot's admins" in (await canvas.reply_to(refused))["text"]
+    admin = await canvas.say("/model", user=tg.ADMIN, chat={**tg.PRIVATE, "id": 42})
+    assert "only the bot's admins" not in (await canvas.reply_to(admin))["text"]
+    asked = await canvas.say("/help")
+    text = (await canvas.reply_to(asked))["text"]
+    assert "/imagine" in text and "recompressed by Telegram" in text
+    history = await canvas.say("/history")
+    assert "image #" in (await canvas.reply_to(history))["text"]
+    queue = await canvas.say("/queue")
+    assert "in the queue" in (await canvas.reply_to(queue))["text"]
+
+
+# ---- bad files ---------------------------------------------------------------------------
+
+
+async def test_each_bad_file_gets_a_clear_reply(canvas: Canvas) -> None:
+    fake = canvas.fake
+    big = Image.effect_noise((300, 300), 64).convert("RGB")
+    buffer = io.BytesIO()
+    big.save(buffer, format="PNG")
+    cases = [
+        ({"document": document(fake, b"%PDF-1.4", "paper.pdf", "application/pdf")},
+         "not a picture"),
+        ({"document": document(fake, b"\x89PNG\r\n\x1a\n broken", "broken.png")},
+         "not an image file I can read"),
+        ({"photo": photo(fake, png(), size=MAX_IMAGE_BYTES + 1)}, "the limit is 0.2 MB"),
+        ({"document": document(fake, png("white", (300, 300)), "huge.png")},
+         "the limit is 65,536 pixels"),
+    ]
+    sent = [await canvas.say(caption="/vary", **media) for media, _ in cases]
+    for message, (_, expected) in zip(sent, cases, strict=True):
+        status = await canvas.reply_to(message)
+        edit = await fake.wait_for("editMessageText", lambda c, s=status: c["message_id"]
+                                   == s.result["message_id"])
+        assert expected in edit["text"], edit["text"]
+    oversized_file = cases[2][0]["photo"]["file_id"]
+    assert not [c for c in fake.called("getFile") if c["file_id"] == oversized_file]
+
+    first = await canvas.say(caption="/inpaint a red circle", media_group_id="g2",
+                             photo=photo(fake, png("blue")))
+    await canvas.say(media_group_id="g2", photo=photo(fake, png("white", (32, 32))))
+    status = await canvas.reply_to(first)
+    edit = await fake.wait_for("editMessageText", lambda c: c["message_id"]
+                               == status.result["message_id"])
+    assert "must be the same size" in edit["text"]
+
+    still = await canvas.say(f"/imagine a white circle {FAST}", user=tg.BOB)
+    await canvas.photo_for(still)  # and the bot goes on serving everyone
+
+
+async def test_no_log_line_holds_the_token(canvas: Canvas) -> None:
+    assert canvas.logs.lines, "the fixture records every log line"
+    leaking = [line for line in canvas.logs.lines if tg.TOKEN in line
+               or tg.TOKEN.split(":")[1] in line]
+    assert not leaking

@@ -119,6 +119,9 @@ class TelegramAdapter:
     # ---- start and stop ------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.settings.telegram.webhook_url:
+            raise RuntimeError("telegram.webhook_url is set, but this version of the Telegram "
+                               "adapter only does long polling; leave it empty.")
         self.albums.wait = self.album_wait
         await self.app.initialize()
         await self._register_commands()
