@@ -1,0 +1,99 @@
+"""Buttons under each result: Vary, Reroll and a 1-5 rating.
+
+Each is a `DynamicItem` whose `custom_id` holds the action and the image id (`mc:vary:12`,
+`mc:reroll:12`, `mc:rate:12:4`), so any press is understood from the id alone: after a restart,
+by anyone, with no view kept in memory and no timeout.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import discord
+
+from bot import commands as cmd
+from bot.adapters.discord_flow import run_job, run_quick, service_of
+from bot.service import User
+
+MAX_ROW_ITEMS = 5
+
+
+class VaryButton(discord.ui.DynamicItem[discord.ui.Button],
+                 template=r"mc:vary:(?P<image>[0-9]{1,19})"):
+    def __init__(self, image_id: int, label: str = "Vary") -> None:
+        super().__init__(discord.ui.Button(label=label, emoji="🔀",
+                                           style=discord.ButtonStyle.primary,
+                                           custom_id=f"mc:vary:{image_id}"))
+        self.image_id = image_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> VaryButton:
+        return cls(int(match["image"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await run_job(interaction, cmd.Vary(image_id=self.image_id))
+
+
+class RerollButton(discord.ui.DynamicItem[discord.ui.Button],
+                   template=r"mc:reroll:(?P<image>[0-9]{1,19})"):
+    def __init__(self, image_id: int) -> None:
+        super().__init__(discord.ui.Button(label="Reroll", emoji="🎲",
+                                           style=discord.ButtonStyle.secondary,
+                                           custom_id=f"mc:reroll:{image_id}"))
+        self.image_id = image_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> RerollButton:
+        return cls(int(match["image"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        service = service_of(interaction)
+
+        async def submit(user: User, origin: dict) -> Any:
+            return await service.reroll(user, self.image_id, origin)
+
+        await run_job(interaction, None, submit=submit)
+
+
+class RateButton(discord.ui.DynamicItem[discord.ui.Button],
+                 template=r"mc:rate:(?P<image>[0-9]{1,19}):(?P<score>[1-5])"):
+    def __init__(self, image_id: int, score: int, label: str | None = None) -> None:
+        super().__init__(discord.ui.Button(label=label or f"{score}★",
+                                           style=discord.ButtonStyle.secondary,
+                                           custom_id=f"mc:rate:{image_id}:{score}"))
+        self.image_id, self.score = image_id, score
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> RateButton:
+        return cls(int(match["image"]), int(match["score"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await run_quick(interaction, cmd.Rate(self.image_id, self.score))
+
+
+BUTTONS = (VaryButton, RerollButton, RateButton)
+
+
+def result_view(image_ids: list[int]) -> discord.ui.View:
+    """The buttons under a result: one Vary per image and Reroll on the first row, then a row of
+    ratings per image (at most 4 images: 5 rows of 5, Discord's limit)."""
+    view = discord.ui.View(timeout=None)
+    several = len(image_ids) > 1
+    for number, image_id in enumerate(image_ids, 1):
+        vary = VaryButton(image_id, f"Vary {number}" if several else "Vary")
+        vary.row = 0
+        view.add_item(vary)
+    reroll = RerollButton(image_ids[0])
+    reroll.row = 0
+    view.add_item(reroll)
+    for row, (number, image_id) in enumerate(enumerate(image_ids, 1), 1):
+        for score in range(1, cmd.MAX_SCORE + 1):
+            label = f"{number}: {score}★" if several and score == 1 else f"{score}★"
+            button = RateButton(image_id, score, label)
+            button.row = row
+            view.add_item(button)
+    return view
