@@ -421,9 +421,10 @@ class FakeDiscord:
 
     def _new_message(self, body: dict[str, Any], files: list[File], via: str, *, flags: int = 0,
                      channel_id: int = CHANNEL_ID) -> Message:
+        mentions = [str(user) for user in (body.get("allowed_mentions") or {}).get("users", [])]
         message = Message(snowflake(), channel_id, body.get("content") or "", flags,
                           body.get("embeds") or [], body.get("components") or [], files,
-                          (body.get("allowed_mentions") or {}).get("users", []), via=via)
+                          mentions, via=via)
         self.messages[message.id] = message
         return message
 

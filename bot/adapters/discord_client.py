@@ -45,16 +45,22 @@ def use_endpoints(settings: DiscordSettings) -> None:
 
 # ---- logs ------------------------------------------------------------------------------------
 
-# discord.py logs request URLs at debug level; interaction and webhook URLs hold a token.
-_SECRET_IN_URL = re.compile(r"(/(?:webhooks|interactions)/[0-9]+/)[^/\s?'\"]+")
+# discord.py logs request URLs and gateway events at debug level; interaction and webhook URLs
+# hold a token, and so does every INTERACTION_CREATE event.
+_SECRETS = (
+    re.compile(r"(/(?:webhooks|interactions)/[0-9]+/)[^/\s?'\"]+"),
+    re.compile(r"""(['"]token['"]:\s*['"])[^'"]+"""),
+)
 
 
 class RedactTokens(logging.Filter):
-    """Replace the token in webhook and interaction URLs with `<token>`."""
+    """Replace interaction and webhook tokens (in URLs and gateway events) with `<token>`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = _SECRET_IN_URL.sub(r"\1<token>", message)
+        redacted = message
+        for secret in _SECRETS:
+            redacted = secret.sub(r"\1<token>", redacted)
         if redacted != message:
             record.msg, record.args = redacted, ()
         return True

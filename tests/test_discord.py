@@ -1,0 +1,444 @@
+"""The Discord adapter end to end: the real discord.py, the real service, engine process and
+bundled model, against a fake Discord on 127.0.0.1 (tests/fake_discord.py). Each test checks
+what a user would see: the deferred response, its edits, the follow-up with the PNG, buttons,
+ephemeral errors, and channel messages once the interaction token has expired.
+
+One bot serves the whole module (starting the engine costs seconds); the restart test is last.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from bot import commands as cmd
+from bot.adapters.discord import DiscordAdapter
+from bot.cli import build_service
+from bot.config import load_settings
+from bot.service import Service
+from bot.store import JobRow, Store
+from engine.shapes import checker, draw
+from tests.conftest import write_config
+from tests.fake_discord import (
+    APPLICATION_ID,
+    BOT_TOKEN,
+    EPHEMERAL,
+    GUILD_ID,
+    FakeDiscord,
+    Interaction,
+    Message,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+ALICE, BOB, ADMIN = 111, 222, 333
+FAST = 3  # steps for jobs whose picture is not looked at
+MAX_IMAGE_BYTES = 200_000
+MAX_IMAGE_PIXELS = 1_000_000
+COMMAND_NAMES = ["imagine", "vary", "inpaint", "rate", "cancel", "queue", "history", "help",
+                 "retrain", "model"]
+
+
+class LogRecorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+class World:
+    """The fake Discord and a bot (service + DiscordAdapter) on one data folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.fake = FakeDiscord()
+        self.folder = folder
+        self.logs = LogRecorder()
+        self.red_circle: Message | None = None  # the /imagine result, for the prompt check
+
+    async def start_fake(self) -> None:
+        await self.fake.start()
+        config = write_config(
+            self.folder,
+            discord={"token": BOT_TOKEN, "api_base_url": self.fake.api_base_url,
+                     "gateway_url": self.fake.gateway_url, "guild_ids": [GUILD_ID]},
+            admins={"discord": [ADMIN]}, engine={"max_batch": 1},
+            limits={"max_image_bytes": MAX_IMAGE_BYTES, "max_image_pixels": MAX_IMAGE_PIXELS})
+        self.settings = load_settings(config)
+
+    async def start_bot(self) -> None:
+        self.store = await Store.open(self.settings.storage.db)
+        self.service: Service = build_service(self.settings, self.store)
+        self.adapter = DiscordAdapter(self.service, self.settings)
+        await self.adapter.start()
+        await self.service.start()
+
+    async def stop_bot(self) -> None:
+        await self.adapter.stop()
+        await self.service.stop()
+        await self.store.close()
+
+    async def result(self, interaction: Interaction, timeout: float = 60) -> Message:
+        """The follow-up that carries the pictures."""
+        return await self.fake.wait_for(
+            lambda: next((m for m in interaction.followups if m.files), None), timeout)
+
+    async def answer(self, interaction: Interaction) -> Message:
+        """The one message an interaction ends with: its ephemeral reply or its edited
+        response (whichever comes first)."""
+        def done() -> Message | None:
+            if interaction.followups:
+                return interaction.followups[0]
+            original = interaction.original
+            if original is not None and (original.edits or interaction.callback["type"] == 4):
+                return original
+            return None
+        return await self.fake.wait_for(done)
+
+    def db(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        connection = sqlite3.connect(self.settings.storage.db)
+        connection.row_factory = sqlite3.Row
+        try:
+            return connection.execute(sql, params).fetchall()
+        finally:
+            connection.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory):
+    world = World(tmp_path_factory.mktemp("discord"))
+    logging.getLogger().addHandler(world.logs)
+    discord_logger = logging.getLogger("discord")
+    old_level = discord_logger.level
+    discord_logger.setLevel(logging.DEBUG)  # discord.py's request logs, to check for tokens
+    await world.start_fake()
+    await world.start_bot()
+    yield world
+    await world.stop_bot()
+    await world.fake.stop()
+    discord_logger.setLevel(old_level)
+    logging.getLogger().removeHandler(world.logs)
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def picture(message: Message, index: int = 0) -> Image.Image:
+    attached = message.files[index]
+    assert attached.filename.endswith(".png")
+    image = Image.open(io.BytesIO(attached.data))
+    assert image.format == "PNG"
+    return image
+
+
+def assert_matches(image: Image.Image, shape: str, colour: str, background: str) -> None:
+    """The picture shows what the prompt asked for, read by the shapes checker."""
+    seen = checker.read(image)
+    assert (seen.shape, seen.colour, seen.background) == (shape, colour, background), seen
+
+
+def assert_ephemeral_error(message: Message, *words: str) -> None:
+    assert message.ephemeral, message
+    for word in words:
+        assert word in message.content, (word, message.content)
+
+
+# ---- start -----------------------------------------------------------------------------------
+
+
+async def test_login_syncs_typed_commands_to_the_test_guild(world: World):
+    assert world.fake.identified.is_set()
+    assert world.fake.syncs == [(GUILD_ID, COMMAND_NAMES)]
+    assert world.fake.requests[:2] == ["GET /api/v10/users/@me",
+                                       "GET /api/v10/oauth2/applications/@me"]
+    imagine = {o["name"]: o for o in world.fake.commands["imagine"]["options"]}
+    assert list(imagine) == ["prompt", "negative", "seed", "steps", "cfg", "aspect", "n", "model"]
+    assert imagine["prompt"]["required"] and imagine["prompt"]["description"]
+    assert imagine["steps"]["type"] == 4 and imagine["steps"]["max_value"] == cmd.MAX_STEPS
+    assert imagine["cfg"]["type"] == 10
+    assert {"name": "16:9 wide", "value": "16:9"} in imagine["aspect"]["choices"]
+    assert imagine["model"]["autocomplete"]
+    inpaint = {o["name"]: o["type"] for o in world.fake.commands["inpaint"]["options"]}
+    assert inpaint["image"] == inpaint["mask"] == 11  # attachments
+
+
+# ---- imagine ---------------------------------------------------------------------------------
+
+
+async def test_imagine_defers_shows_the_queue_and_posts_the_picture(world: World):
+    fake = world.fake
+    asked = await fake.slash("imagine", ALICE, prompt="a red circle on a blue background",
+                             seed=1234)
+    result = await world.result(asked)
+
+    assert asked.callback == {"type": 5}  # deferred publicly: "Magic Canvas is thinking…"
+    assert asked.callback_after < 3
+    edits = [edit["content"] for edit in asked.original.edits]
+    assert edits[0].startswith("Queued job #") and "position 1" in edits[0]
+    progress = [e for e in asked.original.edits if "step" in e["content"]]
+    assert progress and "%" in progress[0]["content"]
+    gaps = [b["at"] - a["at"] for a, b in zip(progress, progress[1:], strict=False)]
+    assert all(gap >= 1.9 for gap in gaps), gaps
+    await fake.wait_for(lambda: asked.original.deleted)  # it gives way to the result
+
+    assert result.content.startswith(f"<@{ALICE}>") and result.mentions == [str(ALICE)]
+    [embed] = result.embeds
+    [job] = world.db("SELECT * FROM jobs WHERE origin LIKE ?", f"%{asked.id}%")
+    [image] = world.db("SELECT * FROM images WHERE job_id = ?", job["id"])
+    assert embed["title"] == "a red circle on a blue background"
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert fields == {"Seed": "1234", "Image": f"#{image['id']}",
+                      "Model": image["model_version"]}
+    assert result.custom_ids == [f"mc:vary:{image['id']}", f"mc:reroll:{image['id']}"] + [
+        f"mc:rate:{image['id']}:{score}" for score in range(1, 6)]
+
+    assert picture(result).size == (256, 256)  # the 64-pixel result, enlarged for the chat
+    world.red_circle = result
+
+
+@pytest.mark.xfail(reason="engine/shapes/model is still the randomly initialised model of "
+                          "7e71fc2; this passes once the trained weights are committed")
+async def test_the_posted_picture_matches_the_prompt(world: World):
+    assert world.red_circle is not None, "runs after the /imagine test"
+    assert_matches(picture(world.red_circle), "circle", "red", "blue")
+
+
+async def test_several_pictures_come_in_one_message_with_a_vary_button_each(world: World):
+    asked = await world.fake.slash("imagine", BOB, prompt="a green square", n=2, steps=FAST)
+    result = await world.result(asked)
+    assert len(result.files) == 2 and len(asked.followups) == 1
+    ids = [row["id"] for row in world.db(
+        "SELECT images.id FROM images JOIN jobs ON jobs.id = images.job_id "
+        "WHERE jobs.origin LIKE ? ORDER BY images.idx", f"%{asked.id}%")]
+    assert len(ids) == 2
+    assert [c for c in result.custom_ids if ":vary:" in c] == [f"mc:vary:{i}" for i in ids]
+    assert len([c for c in result.custom_ids if ":rate:" in c]) == 10
+    assert all(picture(result, i).size == (256, 256) for i in range(2))
+
+
+async def test_progress_edits_are_throttled_to_the_latest_value(world: World):
+    asked = await world.fake.slash("help", ALICE)
+    await world.answer(asked)
+    blank = {name: None for name in JobRow.__dataclass_fields__}
+    row = replace(JobRow(**blank), id=999, prompt="a slow red circle", origin={
+        "application_id": str(APPLICATION_ID), "token": asked.token,
+        "message_id": str(asked.original.id), "created_at": asked.created_at})
+    before = len(asked.original.edits)
+    await world.adapter.progress(row, 1, 10)
+    await world.fake.wait_for(lambda: len(asked.original.edits) == before + 1)
+    for step in range(2, 11):  # arriving faster than Discord should be edited
+        await world.adapter.progress(row, step, 10)
+    await world.fake.wait_for(lambda: len(asked.original.edits) == before + 2, timeout=5)
+    first, second = asked.original.edits[before:]
+    assert "step 1 of 10" in first["content"] and "step 10 of 10" in second["content"]
+    assert second["at"] - first["at"] >= 1.9
+
+
+# ---- buttons ---------------------------------------------------------------------------------
+
+
+async def first_result(world: World) -> Message:
+    return next(m for m in world.fake.messages.values() if m.files and len(m.files) == 1)
+
+
+async def test_vary_reroll_and_rating_buttons_work_for_anyone(world: World):
+    original = await first_result(world)
+    image_id = int(original.custom_ids[0].split(":")[2])
+    [source] = world.db("SELECT jobs.* FROM jobs JOIN images ON images.job_id = jobs.id "
+                        "WHERE images.id = ?", image_id)
+
+    varied = await world.fake.press(original, f"mc:vary:{image_id}", BOB)
+    rerolled = await world.fake.press(original, f"mc:reroll:{image_id}", BOB)
+    vary_result, reroll_result = await world.result(varied), await world.result(rerolled)
+    assert varied.callback == {"type": 5} and vary_result.content.startswith(f"<@{BOB}>")
+    [vary_job] = world.db("SELECT * FROM jobs WHERE origin LIKE ?", f"%{varied.id}%")
+    assert vary_job["kind"] == "img2img" and vary_job["source_image_id"] == image_id
+    [reroll_job] = world.db("SELECT * FROM jobs WHERE origin LIKE ?", f"%{rerolled.id}%")
+    assert reroll_job["prompt"] == source["prompt"] and reroll_job["seed"] != source["seed"]
+    assert reroll_result.embeds[0]["title"] == source["prompt"]
+    assert picture(vary_result).size == picture(reroll_result).size == (256, 256)
+
+    rated = await world.fake.press(original, f"mc:rate:{image_id}:4", BOB)
+    answer = await world.answer(rated)
+    assert rated.callback["data"]["flags"] & EPHEMERAL
+    assert f"rated image #{image_id} 4/5" in answer.content
+    [rating] = world.db("SELECT score FROM ratings JOIN users ON users.id = ratings.user_id "
+                        "WHERE image_id = ? AND platform_user_id = ?", image_id, str(BOB))
+    assert rating["score"] == 4
+
+
+async def test_rate_command_and_history_answer_only_the_user(world: World):
+    [image] = world.db("SELECT id FROM images ORDER BY id LIMIT 1")
+    rated = await world.answer(await world.fake.slash("rate", ALICE, image=f"#{image['id']}",
+                                                      score=5))
+    assert rated.ephemeral and f"rated image #{image['id']} 5/5" in rated.content
+    history = await world.answer(await world.fake.slash("history", ALICE))
+    assert history.ephemeral and f"image #{image['id']}" in history.content
+    bad = await world.answer(await world.fake.slash("rate", ALICE, image="twelve", score=3))
+    assert_ephemeral_error(bad, "image id must be a positive whole number")
+
+
+# ---- inpaint and attachments -----------------------------------------------------------------
+
+
+def scene(size: int = 64) -> Image.Image:
+    return draw.draw(draw.Scene("square", "red", "blue", side=24, left=20, top=20), size)
+
+
+async def test_inpaint_with_a_mask_and_with_a_transparent_png(world: World):
+    fake = world.fake
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    two = await fake.slash(
+        "inpaint", ALICE, prompt="a yellow circle", steps=FAST,
+        image=fake.upload(png(scene()), "scene.png", size=(64, 64)),
+        mask=fake.upload(png(mask), "mask.png", size=(64, 64)))
+    transparent = scene().convert("RGBA")
+    transparent.putalpha(Image.eval(mask, lambda v: 255 - v))
+    one = await fake.slash("inpaint", ALICE, prompt="a yellow circle", steps=FAST,
+                           image=fake.upload(png(transparent), "hole.png", size=(64, 64)))
+    for asked in (two, one):
+        result = await world.result(asked)
+        assert picture(result).size == (256, 256)
+        [job] = world.db("SELECT * FROM jobs WHERE origin LIKE ?", f"%{asked.id}%")
+        assert job["kind"] == "inpaint" and job["mask_path"].endswith(".png")
+
+
+@pytest.mark.parametrize("case", ["not an image", "too many bytes", "too many pixels",
+                                  "mask of another size", "damaged image", "no mask"])
+async def test_bad_attachments_get_an_ephemeral_answer(world: World, case: str):
+    fake = world.fake
+    good = fake.upload(png(scene()), "scene.png", size=(64, 64))
+    options: dict[str, Any] = {"prompt": "a yellow circle", "image": good}
+    expected: tuple[str, ...]
+    if case == "not an image":
+        options["image"] = fake.upload(b"hello", "notes.txt", "text/plain")
+        expected = ("notes.txt", "not a picture", "PNG")
+    elif case == "too many bytes":
+        options["image"] = fake.upload(b"\x89PNG" + bytes(MAX_IMAGE_BYTES), "big.png")
+        expected = ("the limit is 0.2 MB",)
+    elif case == "too many pixels":
+        options["image"] = fake.upload(png(scene()), "huge.png", size=(2000, 2000))
+        expected = ("2000×2000", "1,000,000 pixels")
+    elif case == "mask of another size":
+        options["mask"] = fake.upload(png(Image.new("L", (32, 32), 255)), "m.png", size=(32, 32))
+        expected = ("mask is 32×32", "image is 64×64", "same size")
+    elif case == "damaged image":
+        options["image"] = fake.upload(png(scene())[:100], "cut.png")
+        expected = ("damaged",)
+    else:
+        expected = ("Inpainting needs a mask",)
+    asked = await fake.slash("inpaint", ALICE, **options)
+    answer = await world.answer(asked)
+    assert_ephemeral_error(answer, *expected)
+    if case in ("damaged image", "no mask"):  # found after downloading: placeholder removed
+        assert asked.callback["type"] == 5 and asked.original.deleted
+    else:  # found from Discord's description of the file, before anything is downloaded
+        assert asked.callback["type"] == 4
+    still = await world.answer(await fake.slash("queue", ALICE))  # and the bot keeps serving
+    assert "queue" in still.content
+
+
+async def test_bad_options_get_an_ephemeral_answer(world: World):
+    blank = await world.answer(await world.fake.slash("imagine", ALICE, prompt="  \x00 "))
+    assert_ephemeral_error(blank, "Please describe the picture")
+    wrong_model = await world.answer(await world.fake.slash("imagine", ALICE, prompt="a cat",
+                                                            model="sdxl"))
+    assert_ephemeral_error(wrong_model, "'sdxl' is not available")
+    nothing = await world.answer(await world.fake.slash("vary", ALICE))
+    assert_ephemeral_error(nothing, "Which picture should I vary?")
+
+
+# ---- admins ----------------------------------------------------------------------------------
+
+
+async def test_retrain_and_model_are_refused_to_everyone_but_admins(world: World):
+    refused = await world.fake.slash("retrain", BOB)
+    assert_ephemeral_error(await world.answer(refused), "only the bot's admins")
+    assert refused.callback["type"] == 4  # refused at once, nothing deferred
+    # An admin gets the service's answer (not available yet, or what retraining says now).
+    admin = await world.answer(await world.fake.slash("retrain", ADMIN, steps=50))
+    assert admin.ephemeral and admin.content and "only the bot's admins" not in admin.content
+    models = await world.answer(await world.fake.slash("model", ADMIN))
+    assert models.content and "only the bot's admins" not in models.content
+
+
+# ---- the 15-minute token ---------------------------------------------------------------------
+
+
+async def test_a_result_after_the_token_expired_is_posted_in_the_channel(world: World):
+    fake = world.fake
+    old = await fake.slash("imagine", ALICE, prompt="a blue triangle", steps=FAST, age=14.5 * 60)
+    refused = await fake.slash("imagine", BOB, prompt="a white circle", steps=FAST)
+    await fake.wait_for(lambda: refused.callback is not None)
+    fake.expire(refused)  # Discord refuses the token from now on
+    posted = await fake.wait_for(
+        lambda: [m for m in fake.channel_messages() if m.files and m.mentions], timeout=60)
+    await fake.wait_for(lambda: len([m for m in fake.channel_messages() if m.files]) == 2)
+    by_user = {m.mentions[0]: m for m in fake.channel_messages() if m.files}
+    for user, asked in ((ALICE, old), (BOB, refused)):
+        message = by_user[str(user)]
+        assert message.content.startswith(f"<@{user}>") and not message.ephemeral
+        assert picture(message).size == (256, 256)
+        assert any(c.startswith("mc:vary:") for c in message.custom_ids)
+        assert not asked.followups
+    assert posted
+
+
+# ---- restart (keep last: it replaces the bot) ------------------------------------------------
+
+
+async def test_after_a_restart_buttons_still_work_and_commands_are_not_synced_again(world):
+    before = await first_result(world)
+    image_id = int(before.custom_ids[0].split(":")[2])
+    await world.stop_bot()
+    await world.start_bot()
+    assert len(world.fake.syncs) == 1 and not world.adapter.client.synced
+
+    varied = await world.fake.press(before, f"mc:vary:{image_id}", ALICE)
+    result = await world.result(varied)
+    assert picture(result).size == (256, 256)
+    rerolled = await world.result(await world.fake.press(before, f"mc:reroll:{image_id}", BOB))
+    assert rerolled.embeds[0]["title"] == before.embeds[0]["title"]
+
+
+async def test_no_token_reaches_the_logs(world: World):
+    text = "\n".join(world.logs.lines)
+    assert "discord.http" in text or "webhook" in text.lower()  # the debug logs were on
+    assert BOT_TOKEN not in text
+    for token in world.fake.interactions:
+        assert token not in text
+
+
+# ---- typed options (bot/commands.py) ---------------------------------------------------------
+
+
+async def test_typed_options_are_checked_like_the_text_syntax():
+    request = cmd.imagine_from_options(" a  red\tcircle ", negative="blue", seed=3, steps=9,
+                                       cfg=7.5, aspect="32:18", n=2, model=" base ")
+    assert request == cmd.Imagine("a red circle", "blue", 3, 9, 7.5, (16, 9), 2, "base")
+    assert cmd.vary_from_options("#12", strength=0.5, prompt="  ") == cmd.Vary(12, 0.5)
+    assert cmd.rate_from_options(" 7 ", 5) == cmd.Rate(7, 5)
+    assert cmd.inpaint_from_options("a hat", steps=4) == cmd.Inpaint("a hat", steps=4)
+    for bad, words in [
+        (lambda: cmd.imagine_from_options("x" * 11, max_prompt_chars=10), "the limit is 10"),
+        (lambda: cmd.imagine_from_options("a", steps=0), "from 1 to 100"),
+        (lambda: cmd.imagine_from_options("a", cfg=float("inf")), "CFG scale"),
+        (lambda: cmd.imagine_from_options("a", aspect="9:1"), "aspect ratio"),
+        (lambda: cmd.vary_from_options(strength=1.5), "above 0 and at most 1"),
+        (lambda: cmd.rate_from_options("1", 6), "score must be"),
+    ]:
+        with pytest.raises(cmd.CommandError, match=words):
+            bad()
