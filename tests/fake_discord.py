@@ -277,6 +277,12 @@ class FakeDiscord:
             data["resolved"] = {"attachments": attachments}
         return await self._interact(2, data, user, age)
 
+    async def autocomplete(self, name: str, user: int, option: str, typed: str) -> Interaction:
+        """Type `typed` into `option` of `/name`; the bot answers with choices (callback 8)."""
+        data = {"id": str(snowflake()), "name": name, "type": 1, "options": [
+            {"name": option, "type": 3, "value": typed, "focused": True}]}
+        return await self._interact(4, data, user, 0)
+
     async def press(self, message: Message, custom_id: str, user: int) -> Interaction:
         """Press the button with `custom_id` under `message`."""
         assert custom_id in message.custom_ids, (custom_id, message.custom_ids)
@@ -346,6 +352,8 @@ class FakeDiscord:
         interaction.callback_after = time.monotonic() - interaction.sent_at
         data = body.get("data") or {}
         kind = body["type"]
+        if kind == 8:  # autocomplete choices: no message
+            return _json({"interaction": {"id": str(interaction.id), "type": 4}})
         flags = data.get("flags", 0) | (LOADING if kind == 5 else 0)
         message = self._new_message(data, files, "callback", flags=flags)
         interaction.original = message

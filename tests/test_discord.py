@@ -215,6 +215,13 @@ async def test_the_posted_picture_matches_the_prompt(world: World):
     assert_matches(picture(world.red_circle), "circle", "red", "blue")
 
 
+async def test_model_option_autocompletes_the_running_model(world: World):
+    typed = await world.fake.autocomplete("imagine", ALICE, "model", "sha")
+    await world.fake.wait_for(lambda: typed.callback)
+    name = world.service.model_name
+    assert typed.callback == {"type": 8, "data": {"choices": [{"name": name, "value": name}]}}
+
+
 async def test_several_pictures_come_in_one_message_with_a_vary_button_each(world: World):
     asked = await world.fake.slash("imagine", BOB, prompt="a green square", n=2, steps=FAST)
     result = await world.result(asked)
