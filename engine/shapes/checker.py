@@ -2,8 +2,9 @@
 the shape. No learned model, only numpy and PIL, so chat adapter tests may import it.
 
 Every pixel is given the nearest palette colour; the background is the commonest colour on the
-border, the shape's colour the commonest other colour, and the shape is whichever of an upright
-triangle, a square or a circle, fitted to the shape's bounding box, overlaps it best.
+border, the shape's colour the commonest other colour. The shape is a triangle when most of it
+lies in the lower half of its bounding box, otherwise whichever of a square or a circle fitted
+to that box overlaps it best.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from engine.shapes.draw import PALETTE, SHAPES
+from engine.shapes.draw import PALETTE
 
 NAMES = tuple(PALETTE)
 COLOURS_RGB = np.array([PALETTE[name] for name in NAMES], dtype=np.float32)
 MIN_SHAPE_SHARE = 0.02  # fewer shape pixels than this share of the picture: no shape
+TRIANGLE_TOP_SHARE = 0.4
 
 
 @dataclass(frozen=True)
@@ -56,22 +58,34 @@ def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def templates(box: tuple[int, int, int, int], shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Masks of each shape filling `box`, on a canvas of `shape` (height, width)."""
+    """Masks of a circle and a square filling `box`, on a canvas of `shape` (height, width)."""
     top, bottom, left, right = box
     ys, xs = np.mgrid[: shape[0], : shape[1]].astype(np.float32) + 0.5
     y0, y1, x0, x1 = top, bottom + 1, left, right + 1
     inside = (ys >= y0) & (ys <= y1) & (xs >= x0) & (xs <= x1)
     cy, cx, ry, rx = (y0 + y1) / 2, (x0 + x1) / 2, (y1 - y0) / 2, (x1 - x0) / 2
     ellipse = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1
-    half_width = rx * (ys - y0) / (y1 - y0)  # an upright triangle widens downwards
-    triangle = inside & (np.abs(xs - cx) <= half_width)
-    return {"circle": ellipse, "square": inside, "triangle": triangle}
+    return {"circle": ellipse, "square": inside}
+
+
+def top_half_share(mask: np.ndarray, box: tuple[int, int, int, int]) -> float:
+    """The share of the shape's pixels in the upper half of its bounding box: an upright
+    triangle has a quarter there, a circle or a square half."""
+    top, bottom, left, right = box
+    rows = mask[top : bottom + 1, left : right + 1].sum(axis=1)
+    height = len(rows)
+    upper = np.clip(height / 2 - np.arange(height), 0, 1)  # how much of each row is upper half
+    return float((rows * upper).sum() / rows.sum())
 
 
 def classify_shape(mask: np.ndarray) -> str:
-    fits = templates(bounding_box(mask), mask.shape)
-    overlap = {name: (mask & t).sum() / (mask | t).sum() for name, t in fits.items()}
-    return max(SHAPES, key=overlap.__getitem__)
+    box = bounding_box(mask)
+    # Blurred small triangles lose their corners and fit an ellipse well, but stay bottom-heavy.
+    if top_half_share(mask, box) < TRIANGLE_TOP_SHARE:
+        return "triangle"
+    fits = templates(box, mask.shape)
+    overlap = {name: (mask & fits[name]).sum() / (mask | fits[name]).sum() for name in fits}
+    return max(("circle", "square"), key=overlap.__getitem__)
 
 
 def read(image: Image.Image) -> Reading:
