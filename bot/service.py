@@ -18,7 +18,9 @@ from typing import Any, Protocol
 
 from bot import commands as cmd
 from bot.config import Settings
+from bot.errors import UserError
 from bot.images import ImageError, ImageLimits, open_image, save_png, split_image_and_mask
+from bot.learning import Learning
 from bot.queue import JobQueue
 from bot.store import ImageRow, JobRow, NewImage, NewJob, Store
 from engine import protocol
@@ -66,9 +68,7 @@ class Deliverer(Protocol):
 
     async def deliver_failure(self, job: JobRow, message: str) -> None: ...
 
-
-class UserError(Exception):
-    """Something the user can fix; the message is the reply."""
+    async def announce(self, origin: dict[str, Any], text: str) -> None: ...
 
 
 @dataclass
@@ -92,6 +92,10 @@ class Service:
     # Jobs that were in the engine when it died once already; a second death fails them.
     _retried: set[int] = field(default_factory=set)
     _stopping: bool = False
+    learning: Learning = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.learning = Learning(self.store, self.engine, self.settings, self.announce)
     _tasks: set[asyncio.Task] = field(default_factory=set)
     _pump: asyncio.Task | None = None
 
@@ -103,9 +107,9 @@ class Service:
     async def start(self) -> None:
         """Start the engine, then take up what an earlier run left: undelivered results first,
         then the jobs that were waiting or running."""
-        ready = await self.engine.start()
-        await self.store.ensure_model_version(ready.model_version, ready.model)
+        await self.engine.start()
         self._pump = asyncio.create_task(self._pump_events(), name="engine-events")
+        await self.learning.start()
         for job in await self.store.undelivered_jobs():
             self._spawn(self._deliver_outcome(job))
         for job in await self.store.active_jobs():
@@ -166,7 +170,7 @@ class Service:
                 name = "/retrain" if isinstance(request, cmd.Retrain) else "/model"
                 if not self.is_admin(user):
                     raise UserError(f"Sorry, only the bot's admins can use {name}.")
-                return Reply(f"{name} is not available yet in this version of Magic Canvas.")
+                return Reply(await self.learning.handle(user_id, request, origin))
         raise UserError(cmd.HELP_TEXT)
 
     async def _imagine(self, user_id: int, request: cmd.Imagine, origin: dict) -> Reply:
@@ -358,6 +362,8 @@ class Service:
                 await self.store.mark_failed(event.job_id, event.error,
                                              cancelled=event.kind == "cancelled")
                 await self._finished(event.job_id)
+            case _:
+                await self.learning.on_event(event)
 
     async def _finished(self, job_id: int) -> None:
         self._active.pop(job_id, None)
@@ -380,6 +386,7 @@ class Service:
             self._retried.add(job_id)
             await self.store.mark_requeued(job_id)
             await self.queue.put_back(_engine_job(await self.store.get_job(job_id)))
+        await self.learning.engine_died()
         try:
             await self.engine.restart()
         except Exception:
@@ -390,6 +397,7 @@ class Service:
                                  "restarted. Please tell the bot's admins.")
             return False
         self.engine.feed_from(self.queue)
+        self._spawn(self.learning.restore())  # waits for the engine: not in the pump itself
         return True
 
     async def _fail(self, job_id: int, error: str) -> None:
@@ -412,6 +420,19 @@ class Service:
             log.exception("could not deliver job %d; will retry at next start", job.id)
             return
         await self.store.mark_delivered(job.id)
+
+    async def announce(self, platform: str, origin: dict[str, Any], text: str) -> None:
+        """A message that belongs to no job (retraining news) to where a command came from.
+        Sent in the background: the engine's events must not wait on a chat's API."""
+        self._spawn(self._announce(platform, origin, text))
+
+    async def _announce(self, platform: str, origin: dict[str, Any], text: str) -> None:
+        deliverer = self.deliverers.get(platform)
+        try:
+            if deliverer is not None:
+                await deliverer.announce(origin, text)
+        except Exception:
+            log.exception("could not announce on %s: %s", platform, text)
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.create_task(coroutine)

@@ -33,9 +33,18 @@ MIGRATIONS: tuple[str, ...] = (
         base_model TEXT NOT NULL,
         parent_id INTEGER REFERENCES model_versions(id),
         lora_path TEXT,
-        stats TEXT NOT NULL DEFAULT '{}',
+        images_used INTEGER,
+        ratings_used INTEGER,
+        steps INTEGER,
+        rank INTEGER,
+        final_loss REAL,
+        seconds REAL,
         created_at REAL NOT NULL,
         UNIQUE (base_model, name)
+    );
+    CREATE TABLE active_versions (
+        base_model TEXT PRIMARY KEY,
+        version_id INTEGER NOT NULL REFERENCES model_versions(id)
     );
     CREATE TABLE jobs (
         id INTEGER PRIMARY KEY,
@@ -86,6 +95,26 @@ MIGRATIONS: tuple[str, ...] = (
         score INTEGER NOT NULL CHECK (score BETWEEN 1 AND 5),
         rated_at REAL NOT NULL,
         PRIMARY KEY (image_id, user_id)
+    );
+    CREATE TABLE training_runs (
+        id INTEGER PRIMARY KEY,
+        version TEXT NOT NULL,
+        base_model TEXT NOT NULL,
+        parent_id INTEGER NOT NULL REFERENCES model_versions(id),
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        status TEXT NOT NULL DEFAULT 'running'
+            CHECK (status IN ('running', 'done', 'failed', 'cancelled')),
+        steps INTEGER NOT NULL,
+        rank INTEGER NOT NULL,
+        min_score REAL NOT NULL,
+        images_used INTEGER NOT NULL,
+        ratings_used INTEGER NOT NULL,
+        step INTEGER NOT NULL DEFAULT 0,
+        loss REAL,
+        error TEXT,
+        origin TEXT NOT NULL DEFAULT '{}',
+        started_at REAL NOT NULL,
+        finished_at REAL
     );
     """,
 )
@@ -204,6 +233,11 @@ class Store:
 
     async def close(self) -> None:
         await self._db.close()
+
+    @property
+    def connection(self) -> aiosqlite.Connection:
+        """For stores of other tables (bot/learning_store.py) that share this database."""
+        return self._db
 
     async def _migrate(self) -> None:
         version = await self.schema_version()
@@ -389,3 +423,4 @@ class Store:
         ) as cursor:
             (version_id,) = await cursor.fetchone()
         return version_id
+

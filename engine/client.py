@@ -115,6 +115,11 @@ class EngineClient:
         self.in_flight[job.job_id] = job
         await self._send(job)
 
+    async def control(self, message: protocol.UseVersion | protocol.Train
+                      | protocol.CancelTrain) -> None:
+        """Versions and training: the engine applies these between batches."""
+        await self._send(message)
+
     async def cancel(self, job_id: int) -> None:
         if job_id in self.in_flight:
             await self._send(protocol.Cancel(job_id))

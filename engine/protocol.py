@@ -47,6 +47,50 @@ class Shutdown:
     pass
 
 
+@dataclass(frozen=True)
+class Adapter:
+    """One trained LoRA: a model version's own weights, saved in `path`."""
+
+    version: str
+    path: str
+
+
+@dataclass(frozen=True)
+class UseVersion:
+    """Generate from now on with these LoRAs stacked on the base model (none: the base)."""
+
+    version: str
+    chain: tuple[Adapter, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainExample:
+    image: str
+    prompt: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class Train:
+    """Fine-tune a new LoRA, `version`, on top of the `parents` chain, in slices between
+    generation batches, and save it under `out_dir`."""
+
+    run_id: int
+    version: str
+    parents: tuple[Adapter, ...]
+    examples: tuple[TrainExample, ...]
+    steps: int
+    rank: int
+    out_dir: str
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CancelTrain:
+    run_id: int
+
+
 # ---- engine -> bot ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -113,13 +157,55 @@ class Failed:
     kind: FailureKind = "failed"
 
 
-ToEngine = Job | Cancel | Shutdown
-FromEngine = Ready | Started | Progress | Result | Failed | Fatal
+@dataclass(frozen=True)
+class VersionActive:
+    version: str
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    run_id: int
+    step: int
+    total: int
+    loss: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainDone:
+    """Training finished; the new version is saved and already active."""
+
+    run_id: int
+    version: str
+    path: str
+    final_loss: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainFailed:
+    run_id: int
+    error: str
+    cancelled: bool = False
+
+
+ToEngine = Job | Cancel | Shutdown | UseVersion | Train | CancelTrain
+FromEngine = (Ready | Started | Progress | Result | Failed | Fatal | VersionActive
+              | TrainProgress | TrainDone | TrainFailed)
 
 _TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (Job, Cancel, Shutdown, Ready, Started, Progress, ImageFile, Result, Failed,
-                Fatal)
+    for cls in (Job, Cancel, Shutdown, UseVersion, Train, CancelTrain, Ready, Started,
+                Progress, Result, Failed, Fatal, VersionActive, TrainProgress, TrainDone,
+                TrainFailed)
+}
+# Fields that hold records or tuples: JSON brings them back as dicts and lists.
+_NESTED: dict[tuple[type, str], type | None] = {
+    (Job, "aspect"): None,
+    (Result, "images"): ImageFile,
+    (UseVersion, "chain"): Adapter,
+    (Train, "parents"): Adapter,
+    (Train, "examples"): TrainExample,
 }
 
 
@@ -133,8 +219,7 @@ def encode(message: ToEngine | FromEngine) -> bytes:
 def decode(line: bytes | str) -> ToEngine | FromEngine:
     body = json.loads(line)
     cls = _TYPES[body.pop("type")]
-    if cls is Job:
-        body["aspect"] = tuple(body["aspect"])
-    if cls is Result:
-        body["images"] = tuple(ImageFile(**image) for image in body["images"])
+    for (owner, name), item in _NESTED.items():
+        if owner is cls:
+            body[name] = tuple(item(**value) if item else value for value in body[name])
     return cls(**body)

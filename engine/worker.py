@@ -1,6 +1,7 @@
 """The engine: one process that owns the device and runs every job, in turn.
 
-Its loop is: take new messages, run one batch, repeat. A batch is up to `max_batch` images from
+Its loop is: take new messages, run one batch, train one slice (during /retrain), repeat.
+A batch is up to `max_batch` images from
 waiting jobs that can share one pipeline call (same kind, size, steps, guidance, strength); each
 image has its own generator, so it comes out as it would alone. A job of n images may span
 several batches; its result is sent when its last image is written.
@@ -8,6 +9,7 @@ several batches; its result is sent when its last image is written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -21,6 +23,7 @@ import torch
 from PIL import Image
 
 from engine import protocol
+from engine.lora import Adapters, LoraTrainer
 from engine.pipelines import Pipelines, fit_size
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,9 @@ log = logging.getLogger(__name__)
 # schedule according to the strength.
 DEFAULT_VARY_STRENGTH = 0.6
 DEFAULT_INPAINT_STRENGTH = 1.0
+# Training runs this long between generation batches: users wait at most about this much more.
+TRAIN_SLICE_SECONDS = 0.5
+Control = protocol.UseVersion | protocol.Train | protocol.CancelTrain
 
 
 @dataclass
@@ -76,12 +82,22 @@ class Engine:
         self.slots: deque[Slot] = deque()
         self.running: list[Slot] = []
         self.stopping = False
+        self.adapters = Adapters(pipelines.text2img.unet)
+        self.trainer: LoraTrainer | None = None
+        # Version switches and training commands wait for the end of the current batch, so
+        # a batch never changes model half way.
+        self.control: deque[Control] = deque()
 
     def run(self) -> None:
         while not self.stopping:
-            self.take_messages(block=not self.slots)
+            idle = not self.slots and not self.control and self.trainer is None
+            self.take_messages(block=idle)
+            while self.control and not self.stopping:
+                self.apply(self.control.popleft())
             if self.slots and not self.stopping:
                 self.run_batch(self.next_batch())
+            if self.trainer is not None and not self.stopping:
+                self.train_slice()
 
     # ---- messages ------------------------------------------------------------------------
 
@@ -99,6 +115,8 @@ class Engine:
             elif isinstance(message, protocol.Shutdown):
                 self.stopping = True
                 return
+            else:
+                self.control.append(message)
 
     def accept(self, job: protocol.Job) -> None:
         try:
@@ -243,7 +261,61 @@ class Engine:
 
     @property
     def model_version(self) -> str:
-        return "base"
+        return self.adapters.version
+
+    # ---- versions and training -----------------------------------------------------------
+
+    def apply(self, message: Control) -> None:
+        if isinstance(message, protocol.UseVersion):
+            try:
+                self.adapters.use(message.version, message.chain)
+                self.adapters.for_generation()
+            except Exception:
+                log.exception("could not switch to %s", message.version)
+            self.send(protocol.VersionActive(self.adapters.version))
+        elif isinstance(message, protocol.Train):
+            self.start_training(message)
+        elif self.trainer is not None and self.trainer.request.run_id == message.run_id:
+            self.trainer.discard()
+            self.trainer = None
+            self.send(protocol.TrainFailed(message.run_id, "Cancelled.", cancelled=True))
+
+    def start_training(self, request: protocol.Train) -> None:
+        if self.trainer is not None:
+            self.send(protocol.TrainFailed(request.run_id, "Another retraining is running."))
+            return
+        try:
+            self.trainer = LoraTrainer(self.pipes, self.adapters, request)
+        except Exception as error:
+            log.exception("could not start training %s", request.version)
+            with contextlib.suppress(Exception):
+                self.pipes.text2img.unet.delete_adapters(request.version)
+            self.adapters.loaded.discard(request.version)
+            self.adapters.for_generation()
+            self.send(protocol.TrainFailed(request.run_id, f"Could not start: {error}"))
+
+    def train_slice(self) -> None:
+        trainer = self.trainer
+        request = trainer.request
+        try:
+            trainer.run_slice(TRAIN_SLICE_SECONDS)
+            self.send(protocol.TrainProgress(request.run_id, trainer.step, request.steps,
+                                             trainer.loss, round(trainer.seconds, 2)))
+            if not trainer.done:
+                return
+            path = trainer.save()
+        except Exception as error:
+            log.exception("training %s failed", request.version)
+            self.trainer = None
+            trainer.discard()
+            self.send(protocol.TrainFailed(request.run_id, f"Training failed: {error}"))
+            return
+        self.trainer = None
+        self.adapters.use(request.version,
+                          request.parents + (protocol.Adapter(request.version, str(path)),))
+        self.adapters.for_generation()
+        self.send(protocol.TrainDone(request.run_id, request.version, str(path), trainer.loss,
+                                     round(trainer.seconds, 2)))
 
 
 def _open_rgb(path: str | None, size: tuple[int, int]) -> Image.Image:

@@ -71,6 +71,7 @@ class Recorder:
         self.images: dict[int, list[ImageRow]] = {}
         self.failures: dict[int, str] = {}
         self.deliveries: list[int] = []
+        self.announcements: list[str] = []
         self._done: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
         self._started: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
 
@@ -87,6 +88,18 @@ class Recorder:
         self.failures[job.id] = message
         self.deliveries.append(job.id)
         self._done[job.id].set()
+
+    async def announce(self, origin: dict[str, Any], text: str) -> None:
+        self.announcements.append(text)
+
+    async def announcement(self, part: str, timeout: float = 30) -> str:
+        """The first announcement containing `part`, once it has been made."""
+        for _ in range(int(timeout / 0.05)):
+            for text in self.announcements:
+                if part in text:
+                    return text
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no announcement with {part!r} in {self.announcements}")
 
     async def wait(self, job_id: int, timeout: float = 60) -> None:
         await asyncio.wait_for(self._done[job_id].wait(), timeout)

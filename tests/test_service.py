@@ -30,11 +30,13 @@ class Bot:
                                    admins={"telegram": [42]})
         self.settings = load_settings(self.config)
         self.recorder = Recorder()
+        self.console = User("console", "console")  # the console user is always an admin
 
     async def __aenter__(self) -> Bot:
         self.store = await Store.open(self.settings.storage.db)
         self.service: Service = build_service(self.settings, self.store)
         self.service.register("test", self.recorder)
+        self.service.register("console", self.recorder)
         await self.service.start()
         return self
 

@@ -72,6 +72,7 @@ class ConsoleAdapter:
             if line.strip():
                 await self.command(line.strip())
         await self.all_delivered.wait()
+        await self.service.learning.idle()  # a /retrain typed here finishes before we exit
 
     async def command(self, line: str) -> None:
         try:
@@ -136,6 +137,9 @@ class ConsoleAdapter:
         self.close_bar(job.id)
         self.emit_error(message, job.id)
         self.done(job.id)
+
+    async def announce(self, origin: dict[str, Any], text: str) -> None:
+        self.emit({"type": "text", "text": text}, text)
 
     def close_bar(self, job_id: int) -> None:
         bar = self.bars.pop(job_id, None)

@@ -1,0 +1,237 @@
+"""The learning loop, bot side: /retrain turns well-rated images into a new model version (a
+LoRA trained by the engine between generation batches), /model lists and switches versions.
+
+The store is the source of truth: a version exists once its row does, and the active version
+is re-applied whenever an engine starts. A run interrupted by a crash is marked failed and
+leaves the active version as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bot import commands as cmd
+from bot.config import Settings
+from bot.errors import UserError
+from bot.learning_store import LearningStore, VersionRow
+from bot.store import Store
+from engine import protocol
+from engine.client import EngineClient
+
+log = logging.getLogger(__name__)
+
+MIN_EXAMPLES = 4
+DEFAULT_STEPS = 200
+DEFAULT_RANK = 4
+DEFAULT_MIN_SCORE = 4.0
+SWITCH_TIMEOUT = 120.0
+
+Announce = Callable[[str, dict[str, Any], str], Awaitable[None]]
+
+
+class Learning:
+    def __init__(self, store: Store, engine: EngineClient, settings: Settings,
+                 announce: Announce) -> None:
+        self.store = store
+        self.versions = LearningStore(store)
+        self.engine = engine
+        self.settings = settings
+        self.announce = announce
+        self.run_id: int | None = None
+        self.progress: protocol.TrainProgress | None = None
+        self._announced_quarter = 0
+        self._switch: asyncio.Future[str] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def base_model(self) -> str:
+        return self.engine.ready.model if self.engine.ready else self.settings.engine.model
+
+    async def start(self) -> None:
+        """After the first engine start: record the base version, close runs a crash left
+        open, and put the engine on the active version."""
+        await self.store.ensure_model_version("base", self.base_model)
+        if interrupted := await self.versions.interrupt_runs():
+            log.warning("%d training run(s) were interrupted by the last stop", interrupted)
+        await self.restore()
+
+    async def restore(self) -> None:
+        """Put a (new) engine on the stored active version."""
+        active = await self.versions.active_version(self.base_model)
+        if active is not None and active.lora_path:
+            await self._use(active)
+
+    async def idle(self) -> None:
+        """Wait until no retraining is running."""
+        await self._idle.wait()
+
+    # ---- commands ------------------------------------------------------------------------
+
+    async def handle(self, user_id: int, request: cmd.Retrain | cmd.ModelCmd,
+                     origin: dict[str, Any]) -> str:
+        if isinstance(request, cmd.ModelCmd):
+            if request.action == "use":
+                return await self.use(request.version)
+            return await self.list_text()
+        if request.action == "status":
+            return await self.status_text()
+        if request.action == "cancel":
+            return await self.cancel()
+        return await self.retrain(user_id, request, origin)
+
+    async def retrain(self, user_id: int, request: cmd.Retrain, origin: dict[str, Any]) -> str:
+        if self.run_id is not None:
+            raise UserError("A retraining is already running. /retrain status shows it; "
+                            "/retrain cancel stops it.")
+        min_score = request.min_score or DEFAULT_MIN_SCORE
+        examples = await self.versions.training_examples(min_score)
+        if len(examples) < MIN_EXAMPLES:
+            raise UserError(f"I need at least {MIN_EXAMPLES} images rated {min_score:g} or "
+                            f"higher to retrain; there are {len(examples)}. Rate more images "
+                            "(/rate or the buttons), or lower --min-score.")
+        parent = await self._active_or_base()
+        chain = await self.versions.chain(parent)
+        name = await self._next_name()
+        steps, rank = request.steps or DEFAULT_STEPS, request.rank or DEFAULT_RANK
+        run_id = await self.versions.start_run(
+            version=name, base_model=self.base_model, parent_id=parent.id, user_id=user_id,
+            steps=steps, rank=rank, min_score=min_score, images_used=len(examples),
+            ratings_used=sum(example.ratings for example in examples), origin=origin)
+        self.run_id, self.progress, self._announced_quarter = run_id, None, 0
+        self._idle.clear()
+        await self.engine.control(protocol.Train(
+            run_id=run_id, version=name, parents=_adapters(chain),
+            examples=tuple(protocol.TrainExample(e.path, e.prompt, e.score) for e in examples),
+            steps=steps, rank=rank, out_dir=str(self._folder(name)), seed=run_id))
+        ratings = sum(example.ratings for example in examples)
+        return (f"Retraining started: {name}, from {parent.name}, on {len(examples)} images "
+                f"({ratings} ratings), {steps} steps at rank {rank}. The bot keeps serving "
+                "meanwhile; /retrain status shows progress.")
+
+    async def status_text(self) -> str:
+        active = await self._active_or_base()
+        if self.run_id is None:
+            return f"No retraining is running. The active version is {active.name}."
+        run = await self.versions.run(self.run_id)
+        progress = self.progress
+        if progress is None or progress.step == 0:
+            return f"Retraining {run.version} is starting (preparing {run.images_used} images)."
+        left = progress.seconds / progress.step * (progress.total - progress.step)
+        return (f"Retraining {run.version}: step {progress.step}/{progress.total}, loss "
+                f"{progress.loss:.4f}, about {_duration(left)} left. Still serving "
+                f"{active.name} until it finishes.")
+
+    async def cancel(self) -> str:
+        if self.run_id is None:
+            raise UserError("No retraining is running.")
+        await self.engine.control(protocol.CancelTrain(self.run_id))
+        return "Stopping the retraining; the active version stays as it is."
+
+    async def list_text(self) -> str:
+        active = await self._active_or_base()
+        names = {row.id: row.name for row in await self.versions.versions(self.base_model)}
+        lines = [f"Model versions of {self.base_model}:"]
+        for row in await self.versions.versions(self.base_model):
+            if row.lora_path is None:
+                text = f"{row.name} · the model as shipped"
+            else:
+                text = (f"{row.name} · from {names.get(row.parent_id, '?')} · "
+                        f"{row.images_used} images, {row.ratings_used} ratings · {row.steps} "
+                        f"steps, rank {row.rank} · loss {row.final_loss:.4f} · "
+                        f"{_duration(row.seconds)} · "
+                        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(row.created_at))}")
+            lines.append(text + (" ← active" if row.id == active.id else ""))
+        return "\n".join(lines)
+
+    async def use(self, name: str | None) -> str:
+        version = await self.versions.version(self.base_model, name or "")
+        if version is None:
+            raise UserError(f"There is no version {name!r}. /model list shows them.")
+        await self._use(version)
+        await self.versions.set_active_version(version)
+        return f"Now using {version.name} for new images."
+
+    # ---- engine events -------------------------------------------------------------------
+
+    async def on_event(self, event: protocol.FromEngine) -> None:
+        match event:
+            case protocol.VersionActive():
+                if self._switch is not None and not self._switch.done():
+                    self._switch.set_result(event.version)
+            case protocol.TrainProgress():
+                self.progress = event
+                await self.versions.record_progress(event.run_id, event.step, event.loss)
+                quarter = 4 * event.step // event.total
+                if 0 < quarter < 4 and quarter > self._announced_quarter:
+                    self._announced_quarter = quarter
+                    await self._tell(event.run_id, f"Retraining: {25 * quarter}% "
+                                     f"(step {event.step}/{event.total}, loss {event.loss:.4f}).")
+            case protocol.TrainDone():
+                version = await self.versions.finish_run_with_version(
+                    event.run_id, event.path, event.final_loss, event.seconds)
+                self._finished()
+                await self._tell(event.run_id, f"Retraining finished: {version.name} is now "
+                                 f"active (loss {event.final_loss:.4f}, "
+                                 f"{_duration(event.seconds)}).")
+            case protocol.TrainFailed():
+                status = "cancelled" if event.cancelled else "failed"
+                await self.versions.finish_run(event.run_id, status, event.error)
+                self._finished()
+                active = await self._active_or_base()
+                what = "was cancelled" if event.cancelled else f"failed: {event.error}"
+                await self._tell(event.run_id, f"Retraining {what}. Still using {active.name}.")
+
+    async def engine_died(self) -> None:
+        if self.run_id is not None:
+            await self.on_event(protocol.TrainFailed(self.run_id, "the image engine stopped"))
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _finished(self) -> None:
+        self.run_id, self.progress = None, None
+        self._idle.set()
+
+    async def _tell(self, run_id: int, text: str) -> None:
+        run = await self.versions.run(run_id)
+        if run is not None:
+            await self.announce(run.platform, run.origin, text)
+
+    async def _use(self, version: VersionRow) -> None:
+        chain = await self.versions.chain(version)
+        self._switch = asyncio.get_running_loop().create_future()
+        await self.engine.control(protocol.UseVersion(version.name, _adapters(chain)))
+        now = await asyncio.wait_for(self._switch, SWITCH_TIMEOUT)
+        if now != version.name:
+            raise UserError(f"The engine could not load {version.name}; it is still using "
+                            f"{now}. The log has the details.")
+
+    async def _active_or_base(self) -> VersionRow:
+        active = await self.versions.active_version(self.base_model)
+        return active or await self.versions.version(self.base_model, "base")
+
+    async def _next_name(self) -> str:
+        taken = {row.name for row in await self.versions.versions(self.base_model)}
+        number = 1
+        while f"v{number}" in taken:
+            number += 1
+        return f"v{number}"
+
+    def _folder(self, name: str) -> Path:
+        model = re.sub(r"[^A-Za-z0-9._-]+", "_", self.base_model)
+        return self.settings.storage.db.parent / "versions" / model / name
+
+
+def _adapters(chain: list[VersionRow]) -> tuple[protocol.Adapter, ...]:
+    return tuple(protocol.Adapter(row.name, row.lora_path) for row in chain)
+
+
+def _duration(seconds: float | None) -> str:
+    seconds = round(seconds or 0)
+    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min {seconds % 60} s"

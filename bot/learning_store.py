@@ -1,0 +1,191 @@
+"""Ratings as training data, training runs and model versions: the store of the learning loop.
+
+It shares the main Store's SQLite connection (and so its transactions and migrations)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from bot.store import Store
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    id: int
+    name: str
+    base_model: str
+    parent_id: int | None
+    lora_path: str | None
+    images_used: int | None
+    ratings_used: int | None
+    steps: int | None
+    rank: int | None
+    final_loss: float | None
+    seconds: float | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    image_id: int
+    path: str
+    prompt: str
+    score: float
+    ratings: int
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    version: str
+    base_model: str
+    parent_id: int
+    user_id: int
+    status: str
+    steps: int
+    rank: int
+    min_score: float
+    images_used: int
+    ratings_used: int
+    step: int
+    loss: float | None
+    error: str | None
+    origin: dict[str, Any]
+    started_at: float
+    finished_at: float | None
+    platform: str
+
+
+class LearningStore:
+    """`LearningStore(store)`: the learning loop's tables, on the store's connection."""
+
+    def __init__(self, store: Store) -> None:
+        self._db = store.connection
+
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        async with self._db.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def training_examples(self, min_score: float) -> list[TrainingExample]:
+        """Images whose average rating is at least `min_score`, with the prompts that made
+        them, oldest first."""
+        rows = await self._all(
+            """SELECT images.id AS image_id, images.path, jobs.prompt,
+                   AVG(ratings.score) AS score, COUNT(*) AS ratings
+               FROM images JOIN jobs ON jobs.id = images.job_id
+               JOIN ratings ON ratings.image_id = images.id
+               GROUP BY images.id HAVING AVG(ratings.score) >= ? ORDER BY images.id""",
+            (min_score,))
+        return [TrainingExample(**dict(row)) for row in rows]
+
+    # ---- versions ------------------------------------------------------------------------
+
+    async def versions(self, base_model: str) -> list[VersionRow]:
+        rows = await self._all(
+            "SELECT * FROM model_versions WHERE base_model = ? ORDER BY id", (base_model,))
+        return [VersionRow(**dict(row)) for row in rows]
+
+    async def version(self, base_model: str, name: str) -> VersionRow | None:
+        rows = await self._all(
+            "SELECT * FROM model_versions WHERE base_model = ? AND name = ?", (base_model, name))
+        return VersionRow(**dict(rows[0])) if rows else None
+
+    async def chain(self, version: VersionRow) -> list[VersionRow]:
+        """The LoRA versions to stack for `version`, oldest first (empty for the base)."""
+        by_id = {row.id: row for row in await self.versions(version.base_model)}
+        chain: list[VersionRow] = []
+        current: VersionRow | None = version
+        while current is not None and current.lora_path:
+            chain.append(current)
+            current = by_id.get(current.parent_id)
+        return chain[::-1]
+
+    async def active_version(self, base_model: str) -> VersionRow | None:
+        rows = await self._all(
+            """SELECT model_versions.* FROM active_versions
+               JOIN model_versions ON model_versions.id = active_versions.version_id
+               WHERE active_versions.base_model = ?""", (base_model,))
+        return VersionRow(**dict(rows[0])) if rows else None
+
+    async def set_active_version(self, version: VersionRow) -> None:
+        await self._db.execute(
+            """INSERT INTO active_versions (base_model, version_id) VALUES (?, ?)
+               ON CONFLICT (base_model) DO UPDATE SET version_id = excluded.version_id""",
+            (version.base_model, version.id))
+        await self._db.commit()
+
+    # ---- training runs -------------------------------------------------------------------
+
+    async def start_run(self, *, version: str, base_model: str, parent_id: int, user_id: int,
+                        steps: int, rank: int, min_score: float, images_used: int,
+                        ratings_used: int, origin: dict[str, Any]) -> int:
+        cursor = await self._db.execute(
+            """INSERT INTO training_runs (version, base_model, parent_id, user_id, steps, rank,
+                   min_score, images_used, ratings_used, origin, started_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (version, base_model, parent_id, user_id, steps, rank, min_score, images_used,
+             ratings_used, json.dumps(origin), time.time()))
+        await self._db.commit()
+        return cursor.lastrowid
+
+    async def run(self, run_id: int) -> RunRow | None:
+        rows = await self._all(
+            """SELECT training_runs.*, users.platform FROM training_runs
+               JOIN users ON users.id = training_runs.user_id WHERE training_runs.id = ?""",
+            (run_id,))
+        if not rows:
+            return None
+        values = dict(rows[0])
+        values["origin"] = json.loads(values["origin"])
+        return RunRow(**values)
+
+    async def record_progress(self, run_id: int, step: int, loss: float) -> None:
+        await self._db.execute("UPDATE training_runs SET step = ?, loss = ? WHERE id = ?",
+                               (step, loss, run_id))
+        await self._db.commit()
+
+    async def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
+        await self._db.execute(
+            """UPDATE training_runs SET status = ?, error = ?, finished_at = ?
+               WHERE id = ? AND status = 'running'""",
+            (status, error, time.time(), run_id))
+        await self._db.commit()
+
+    async def interrupt_runs(self) -> int:
+        """Runs left 'running' by a crash or a restart: they can never finish now."""
+        cursor = await self._db.execute(
+            """UPDATE training_runs SET status = 'failed', finished_at = ?,
+                   error = 'Interrupted: the bot stopped during training.'
+               WHERE status = 'running'""", (time.time(),))
+        await self._db.commit()
+        return cursor.rowcount
+
+    async def finish_run_with_version(self, run_id: int, lora_path: str, final_loss: float,
+                                      seconds: float) -> VersionRow:
+        """The run succeeded: store its version and make it active, in one transaction."""
+        run = await self.run(run_id)
+        try:
+            cursor = await self._db.execute(
+                """INSERT INTO model_versions (name, base_model, parent_id, lora_path,
+                       images_used, ratings_used, steps, rank, final_loss, seconds, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (run.version, run.base_model, run.parent_id, lora_path, run.images_used,
+                 run.ratings_used, run.steps, run.rank, final_loss, seconds, time.time()))
+            await self._db.execute(
+                """INSERT INTO active_versions (base_model, version_id) VALUES (?, ?)
+                   ON CONFLICT (base_model) DO UPDATE SET version_id = excluded.version_id""",
+                (run.base_model, cursor.lastrowid))
+            await self._db.execute(
+                """UPDATE training_runs SET status = 'done', step = steps, loss = ?,
+                       finished_at = ? WHERE id = ?""", (final_loss, time.time(), run_id))
+            await self._db.commit()
+        except BaseException:
+            await self._db.rollback()
+            raise
+        return await self.version(run.base_model, run.version)

@@ -1,0 +1,119 @@
+"""The learning loop on the bundled model: ratings -> /retrain -> versions, while serving."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from PIL import Image
+
+from bot.learning import MIN_EXAMPLES
+from tests.test_service import ALICE, BOB, Bot
+
+
+def pixels(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+
+async def make_rated_images(bot: Bot, count: int, score: int = 5) -> list[int]:
+    ids = []
+    for seed in range(count):
+        job = await bot.say(ALICE, f"/imagine a circle --seed {seed} --steps 4")
+        await bot.recorder.wait(job.job_id)
+        image_id = bot.recorder.images[job.job_id][0].id
+        await bot.say(BOB, f"/rate {image_id} {score}")
+        ids.append(image_id)
+    return ids
+
+
+async def image_of(bot: Bot, text: str):
+    job = await bot.say(ALICE, text)
+    assert not job.error, job.text
+    await bot.recorder.wait(job.job_id)
+    return bot.recorder.images[job.job_id][0]
+
+
+async def test_too_few_rated_images_get_a_clear_answer(tmp_path):
+    async with Bot(tmp_path, max_waiting_per_user=10) as bot:
+        await make_rated_images(bot, 2, score=5)
+        reply = await bot.say(bot.console, "/retrain")
+        assert reply.error
+        assert f"at least {MIN_EXAMPLES} images rated 4 or higher" in reply.text
+        assert "there are 2" in reply.text
+        refused = await bot.say(BOB, "/retrain")
+        assert refused.error and "only the bot's admins" in refused.text
+
+
+async def test_retrain_makes_an_active_version_and_model_use_rolls_back(tmp_path):
+    async with Bot(tmp_path, max_waiting_per_user=10) as bot:
+        await make_rated_images(bot, 4)
+        before = await image_of(bot, "/imagine a circle --seed 99 --steps 6")
+        assert before.model_version == "base"
+
+        started = await bot.say(bot.console, "/retrain --steps 12 --rank 2")
+        assert "Retraining started: v1, from base, on 4 images (4 ratings), 12 steps" \
+            in started.text
+        await asyncio.wait_for(bot.service.learning.idle(), 120)
+        await bot.recorder.announcement("Retraining finished: v1 is now active")
+
+        listing = (await bot.say(bot.console, "/model list")).text
+        assert "base · the model as shipped" in listing
+        assert "v1 · from base · 4 images, 4 ratings · 12 steps, rank 2" in listing
+        assert listing.strip().endswith("← active")
+
+        after = await image_of(bot, "/imagine a circle --seed 99 --steps 6")
+        assert after.model_version == "v1"
+        assert np.abs(pixels(after.path) - pixels(before.path)).max() > 0
+
+        assert (await bot.say(bot.console, "/model use base")).text == \
+            "Now using base for new images."
+        rolled_back = await image_of(bot, "/imagine a circle --seed 99 --steps 6")
+        assert rolled_back.model_version == "base"
+        assert np.array_equal(pixels(rolled_back.path), pixels(before.path))
+
+        await bot.say(bot.console, "/model use v1")
+        again = await image_of(bot, "/imagine a circle --seed 99 --steps 6")
+        assert np.array_equal(pixels(again.path), pixels(after.path))
+        unknown = await bot.say(bot.console, "/model use v7")
+        assert unknown.error and "no version 'v7'" in unknown.text
+
+    # The active version survives a restart, and the engine is put back on it.
+    async with Bot(tmp_path) as restarted:
+        image = await image_of(restarted, "/imagine a circle --seed 99 --steps 6")
+        assert image.model_version == "v1"
+        assert np.array_equal(pixels(image.path), pixels(after.path))
+
+
+async def test_the_bot_serves_during_training_and_cancel_keeps_the_version(tmp_path):
+    async with Bot(tmp_path, max_waiting_per_user=10) as bot:
+        await make_rated_images(bot, 4)
+        await bot.say(bot.console, "/retrain --steps 100000")
+        second = await bot.say(bot.console, "/retrain")
+        assert second.error and "already running" in second.text
+
+        image = await image_of(bot, "/imagine a red circle --steps 4")  # served meanwhile
+        assert image.model_version == "base"
+        assert bot.service.learning.run_id is not None
+
+        status = (await bot.say(bot.console, "/retrain status")).text
+        assert status.startswith("Retraining v1: step ") and "loss" in status
+
+        await bot.say(bot.console, "/retrain cancel")
+        await asyncio.wait_for(bot.service.learning.idle(), 60)
+        await bot.recorder.announcement("Retraining was cancelled. Still using base.")
+        listing = (await bot.say(bot.console, "/model list")).text
+        assert "v1" not in listing and listing.strip().endswith("← active")
+
+
+async def test_a_restart_during_training_leaves_the_store_consistent(tmp_path):
+    async with Bot(tmp_path, max_waiting_per_user=10) as bot:
+        await make_rated_images(bot, 4)
+        await bot.say(bot.console, "/retrain --steps 100000")
+        await asyncio.sleep(1)  # a slice or two of training, then the bot stops
+    async with Bot(tmp_path) as restarted:
+        run = await restarted.service.learning.versions.run(1)
+        assert run.status == "failed" and "Interrupted" in run.error
+        assert (await restarted.say(restarted.console, "/retrain status")).text == \
+            "No retraining is running. The active version is base."
+        image = await image_of(restarted, "/imagine a circle --steps 4")
+        assert image.model_version == "base"
