@@ -429,6 +429,23 @@ async def test_no_token_reaches_the_logs(world: World):
         assert token not in text
 
 
+
+async def test_retraining_news_is_posted_in_the_admins_channel(world: World):
+    for row in world.db("SELECT id FROM images ORDER BY id LIMIT 4"):
+        rated = await world.answer(await world.fake.slash("rate", ADMIN, image=str(row["id"]),
+                                                          score=5))
+        assert "5/5" in rated.content
+    await world.service.learning.idle()
+    started = await world.answer(await world.fake.slash("retrain", ADMIN, steps=5, rank=2))
+    assert "Retraining started" in started.content
+    news = await world.fake.wait_for(lambda: [
+        m for m in world.fake.channel_messages() if "Retraining finished" in m.content],
+        timeout=60)
+    assert f"<@{ADMIN}>" in news[0].content
+    back = await world.answer(await world.fake.slash("model", ADMIN, action="use",
+                                                     version="base"))
+    assert "Now using base" in back.content
+
 # ---- typed options (bot/commands.py) ---------------------------------------------------------
 
 

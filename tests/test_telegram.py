@@ -4,6 +4,7 @@ on the bundled model, and each test checks what a Telegram user would see."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
@@ -55,6 +56,10 @@ class Canvas:
     store: Store
     settings: Settings
     logs: Records
+
+    def store_rows(self, sql: str) -> list[tuple]:
+        with contextlib.closing(sqlite3.connect(self.settings.storage.db)) as db:
+            return db.execute(sql).fetchall()
 
     async def say(self, text: str | None = None, **message: Any) -> dict[str, Any]:
         update = await self.fake.push(tg.message(text, **message))
@@ -393,6 +398,23 @@ async def test_admin_commands_are_refused_to_others_and_help_speaks_of_telegram(
     queue = await canvas.say("/queue")
     assert "in the queue" in (await canvas.reply_to(queue))["text"]
 
+
+
+async def test_retraining_news_reaches_the_admins_chat(canvas: Canvas) -> None:
+    admin_chat = {**tg.PRIVATE, "id": 42}
+    rows = canvas.store_rows("SELECT id FROM images ORDER BY id LIMIT 4")
+    for (image_id,) in rows:
+        rated = await canvas.say(f"/rate {image_id} 5", user=tg.ADMIN, chat=admin_chat)
+        assert "5/5" in (await canvas.reply_to(rated))["text"]
+    await canvas.service.learning.idle()
+    asked = await canvas.say("/retrain --steps 5 --rank 2", user=tg.ADMIN, chat=admin_chat)
+    assert "Retraining started" in (await canvas.reply_to(asked))["text"]
+    news = await canvas.fake.wait_for(
+        "sendMessage", lambda call: "Retraining finished" in call.params.get("text", ""),
+        timeout=60)
+    assert int(news.params["chat_id"]) == 42
+    back = await canvas.say("/model use base", user=tg.ADMIN, chat=admin_chat)
+    assert "Now using base" in (await canvas.reply_to(back))["text"]
 
 # ---- bad files ---------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from bot.adapters.discord_client import CanvasClient, redact_discord_logs, use_endpoints
 from bot.adapters.discord_delivery import Delivery
@@ -76,3 +77,6 @@ class DiscordAdapter:
 
     async def deliver_failure(self, job: JobRow, message: str) -> None:
         await self.delivery.deliver_failure(job, message)
+
+    async def announce(self, origin: dict[str, Any], text: str) -> None:
+        await self.delivery.announce(origin, text)

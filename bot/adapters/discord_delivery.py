@@ -128,6 +128,13 @@ class Delivery:
             "allowed_mentions": discord.AllowedMentions(users=[discord.Object(int(user))]),
         }, [])
 
+    async def announce(self, origin: dict[str, Any], text: str) -> None:
+        """News that belongs to no job (retraining): in the channel, to whoever asked."""
+        user = origin["user_id"]
+        channel = self.client.get_partial_messageable(int(origin["channel_id"]))
+        await channel.send(f"<@{user}> {text}", allowed_mentions=discord.AllowedMentions(
+            users=[discord.Object(int(user))]))
+
     async def _follow_up(self, job: JobRow, message: dict[str, Any],
                          pngs: list[tuple[str, bytes]]) -> bool:
         """Send as a follow-up of the interaction; False if the token is too old or refused."""

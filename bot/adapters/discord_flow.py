@@ -146,7 +146,8 @@ async def run_job(interaction: discord.Interaction, request: cmd.Request | None,
 async def run_quick(interaction: discord.Interaction, request: cmd.Request) -> None:
     """Answer a command that needs no job, for the user's eyes only."""
     await interaction.response.defer(ephemeral=True, thinking=True)
-    reply = await service_of(interaction).handle(user_of(interaction), request)
+    reply = await service_of(interaction).handle(user_of(interaction), request,
+                                                 origin=origin_of(interaction, None))
     await interaction.edit_original_response(content=_fit(reply.text))
 
 

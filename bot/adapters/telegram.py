@@ -183,7 +183,8 @@ class TelegramAdapter:
             if isinstance(request, cmd.Imagine | cmd.Vary | cmd.Inpaint):
                 await self._job_command(message, parts, request)
             else:
-                reply = await self.service.handle(_user(message), request)
+                reply = await self.service.handle(_user(message), request,
+                                                  origin=_origin(message, None))
                 text = reply.text + (TELEGRAM_NOTE if isinstance(request, cmd.Help) else "")
                 await self._reply(message, text)
         except Exception:
@@ -324,6 +325,12 @@ class TelegramAdapter:
                 log.info("failure not shown in the status message: %s", error)
         await _retrying(lambda: self.bot.send_message(chat_id, message, **_where(job)))
 
+    async def announce(self, origin: dict[str, Any], text: str) -> None:
+        """News that belongs to no job (retraining), in the chat where it was asked for."""
+        thread = origin.get("thread_id")
+        await _retrying(lambda: self.bot.send_message(
+            origin["chat_id"], text, **({"message_thread_id": thread} if thread else {})))
+
     async def _drop_status(self, job: JobRow) -> None:
         status_id = job.origin.get("status_id")
         if status_id is None:
@@ -369,8 +376,8 @@ def _user(message: Message) -> User:
     return User(PLATFORM, str(tg_user.id), tg_user.full_name)
 
 
-def _origin(message: Message, status: Message) -> dict[str, Any]:
-    return {"chat_id": message.chat_id, "status_id": status.message_id,
+def _origin(message: Message, status: Message | None) -> dict[str, Any]:
+    return {"chat_id": message.chat_id, "status_id": status.message_id if status else None,
             "message_id": message.message_id,
             "thread_id": message.message_thread_id if message.is_topic_message else None}
 
