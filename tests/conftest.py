@@ -4,7 +4,9 @@ deliverer that records what a chat user would have been sent."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 from collections import defaultdict
@@ -18,6 +20,13 @@ import yaml
 from bot.store import ImageRow, JobRow
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def job_row(db: Path, job_id: int) -> sqlite3.Row:
+    """The job's row as it is in the SQLite file now (a second, read-only look)."""
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        connection.row_factory = sqlite3.Row
+        return connection.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
 
 
 def write_config(folder: Path, **sections: dict[str, Any]) -> Path:

@@ -3,7 +3,6 @@ SQLite file, checked by what comes out on standard output and what lands in the 
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -11,16 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.conftest import ROOT, run_console, write_config
-
-
-def job_row(config: Path, job_id: int) -> sqlite3.Row:
-    db = sqlite3.connect(config.parent / "canvas.db")
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    finally:
-        db.close()
+from tests.conftest import ROOT, job_row, run_console, write_config
 
 
 def test_imagine_returns_an_image_and_stores_the_job(config):
@@ -35,7 +25,7 @@ def test_imagine_returns_an_image_and_stores_the_job(config):
     progress = [r for r in run.records if r["type"] == "progress" and r["job"] == 1]
     assert [r["step"] for r in progress] == list(range(1, 11))
 
-    row = job_row(config, 1)
+    row = job_row(config.parent / "canvas.db", 1)
     assert (row["prompt"], row["negative_prompt"], row["seed"], row["steps"], row["guidance"],
             row["aspect_w"], row["aspect_h"], row["width"], row["height"]) == (
         "a red circle", "blurry", 7, 10, 4.0, 2, 1, 96, 48)
@@ -102,7 +92,7 @@ def test_vary_and_inpaint_and_every_bad_attachment_get_an_answer(tmp_path):
     assert "no image #99" in replies[8]["error"]
     assert replies[9]["text"] == "Queued job #6, position 5."
 
-    vary_row = job_row(config, 2)
+    vary_row = job_row(config.parent / "canvas.db", 2)
     assert (vary_row["kind"], vary_row["prompt"], vary_row["source_image_id"],
             vary_row["strength"]) == ("img2img", "a red circle", 1, 0.5)
 

@@ -14,7 +14,7 @@ from bot.cli import build_service
 from bot.config import load_settings
 from bot.service import Service, User
 from bot.store import NewJob, Store
-from tests.conftest import Recorder, write_config
+from tests.conftest import Recorder, job_row, write_config
 
 ALICE = User("test", "1001", "alice")
 BOB = User("test", "1002", "bob")
@@ -57,12 +57,7 @@ class Bot:
         raise AssertionError(f"job {job_id} was never marked delivered")
 
     def row(self, job_id: int) -> sqlite3.Row:
-        db = sqlite3.connect(self.settings.storage.db)
-        db.row_factory = sqlite3.Row
-        try:
-            return db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        finally:
-            db.close()
+        return job_row(self.settings.storage.db, job_id)
 
 
 async def test_a_job_is_stored_before_it_is_queued_and_its_result_before_delivery(tmp_path):

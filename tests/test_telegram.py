@@ -25,7 +25,7 @@ from bot.service import Service
 from bot.store import Store
 from engine.shapes import checker
 from tests import fake_telegram as tg
-from tests.conftest import write_config
+from tests.conftest import job_row, write_config
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -78,12 +78,7 @@ class Canvas:
         return call, call.result
 
     def job(self, job_id: int) -> sqlite3.Row:
-        db = sqlite3.connect(self.settings.storage.db)
-        db.row_factory = sqlite3.Row
-        try:
-            return db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        finally:
-            db.close()
+        return job_row(self.settings.storage.db, job_id)
 
     def image_id(self, call: tg.Call) -> int:
         return int(str(call["caption"]).rsplit("image #", 1)[1])
