@@ -33,6 +33,7 @@ __all__ = [
     "TelegramSettings",
     "default_config_path",
     "load_settings",
+    "split_host_port",
 ]
 
 
@@ -44,8 +45,9 @@ def _setting(default: Any, *, secret: bool = False, **rules: Any) -> Any:
     """A dataclass field with validation rules in its metadata.
 
     Rules: choices, min, max, schemes (URL schemes, empty allowed), strip_slash,
-    nonempty, digits (numeric ids). A secret field is left out of repr() and its value is
-    never put in an error message.
+    nonempty, digits (numeric ids), host_port (`host:port`), token_chars (empty, or what
+    Telegram accepts as a webhook secret token). A secret field is left out of repr() and its
+    value is never put in an error message.
     """
     return field(default=default, repr=not secret, metadata={"secret": secret, **rules})
 
@@ -84,6 +86,10 @@ class TelegramSettings:
     file_base_url: str = _setting("", schemes=_HTTP, strip_slash=True)
     # A full URL whose path matters, so a trailing slash is kept.
     webhook_url: str = _setting("", schemes=_HTTP)
+    # Where the bot's own webhook server listens (used only with webhook_url).
+    webhook_listen: str = _setting("0.0.0.0:8443", host_port=True)
+    # Sent back by Telegram in X-Telegram-Bot-Api-Secret-Token; empty: random per start.
+    webhook_secret: str = _setting("", secret=True, token_chars=True)
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,18 @@ class Settings:
     admins: AdminSettings = field(default_factory=AdminSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     log_level: str = _setting("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """`host:port` as (host, port); an IPv6 host may be written in brackets, `[::]:8443`.
+    Raises ValueError when the value is not a host and a port from 1 to 65535."""
+    host, colon, port = value.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not re.fullmatch(r"[0-9]{1,5}", port) \
+            or not 1 <= int(port) <= 65535:
+        raise ValueError(f"not host:port: {value!r}")
+    return host, int(port)
 
 
 def default_config_path() -> Path:
@@ -280,6 +298,14 @@ def _check(value: Any, rules: Mapping[str, Any]) -> Any:
         raise _Invalid
     if rules.get("digits") and not re.fullmatch(r"[0-9]+", value):
         raise _Invalid
+    if rules.get("host_port"):
+        try:
+            split_host_port(value)
+        except ValueError:
+            raise _Invalid from None
+        return value.strip()
+    if rules.get("token_chars") and not re.fullmatch(r"[A-Za-z0-9_-]{0,256}", value):
+        raise _Invalid
     if "schemes" in rules and value:
         prefixes = tuple(f"{scheme}://" for scheme in rules["schemes"])
         if not value.startswith(prefixes) or value in prefixes:
@@ -297,6 +323,10 @@ def _expected(kind: type, rules: Mapping[str, Any]) -> str:
         return "empty or start with " + " or ".join(f"{s}://" for s in rules["schemes"])
     if rules.get("digits"):
         return "a numeric user id"
+    if rules.get("host_port"):
+        return "host:port with a port from 1 to 65535"
+    if rules.get("token_chars"):
+        return "empty or 1 to 256 of the characters A-Z, a-z, 0-9, _ and -"
     if kind is bool:
         return "true or false"
     if kind is int:

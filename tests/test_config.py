@@ -21,6 +21,7 @@ from bot.config import (
     TelegramSettings,
     default_config_path,
     load_settings,
+    split_host_port,
 )
 
 REPO_ROOT = Path(bot.config.__file__).resolve().parent.parent
@@ -67,6 +68,10 @@ def test_dataclass_defaults_are_the_documented_ones() -> None:
     assert LimitSettings() == LimitSettings(3, 100, 1000, 10_000_000, 16_777_216, ())
     assert Settings().log_level == "INFO"
     assert AdminSettings().discord == frozenset()
+    telegram = TelegramSettings()
+    assert (telegram.webhook_url, telegram.webhook_listen, telegram.webhook_secret) == (
+        "", "0.0.0.0:8443", ""
+    )
 
 
 def test_empty_file_gives_all_defaults(tmp_path: Path) -> None:
@@ -109,9 +114,11 @@ def test_shipped_config_lists_every_setting() -> None:
 
 
 def test_shipped_config_takes_tokens_from_environment() -> None:
-    env = {"TELEGRAM_TOKEN": "tg-token", "DISCORD_TOKEN": "dc-token"}
+    env = {"TELEGRAM_TOKEN": "tg-token", "DISCORD_TOKEN": "dc-token",
+           "TELEGRAM_WEBHOOK_SECRET": "hook-secret_1"}
     settings = load_settings(SHIPPED, env=env)
     assert settings.telegram.token == "tg-token"
+    assert settings.telegram.webhook_secret == "hook-secret_1"
     assert settings.discord.token == "dc-token"
 
 
@@ -191,6 +198,20 @@ def test_base_urls_lose_trailing_slash(tmp_path: Path) -> None:
     assert settings.telegram.webhook_url == "https://bot.example/hook/"  # a full URL, kept as is
 
 
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("127.0.0.1:8443", ("127.0.0.1", 8443)),
+        (" localhost:80 ", ("localhost", 80)),
+        ("[::]:65535", ("::", 65535)),
+        ("0.0.0.0:1", ("0.0.0.0", 1)),
+    ],
+)
+def test_webhook_listen_is_host_and_port(tmp_path: Path, listen: str, expected) -> None:
+    settings = load(tmp_path, f"telegram:\n  webhook_listen: '{listen}'\n")
+    assert split_host_port(settings.telegram.webhook_listen) == expected
+
+
 def test_choices_are_case_insensitive(tmp_path: Path) -> None:
     settings = load(tmp_path, "engine:\n  device: CUDA\nlog_level: debug\n")
     assert (settings.engine.device, settings.log_level) == ("cuda", "DEBUG")
@@ -198,6 +219,7 @@ def test_choices_are_case_insensitive(tmp_path: Path) -> None:
 
 # --- bad values: the message a user reads ---------------------------------------------------
 
+LISTEN = "telegram.webhook_listen: must be host:port with a port from 1 to 65535"
 BAD = [
     ("engine:\n  device: gpu\n", "engine.device: must be one of auto, cpu, cuda (got 'gpu')"),
     (
@@ -238,6 +260,27 @@ BAD = [
         "telegram:\n  file_base_url: localhost:8081\n",
         "telegram.file_base_url: must be empty or start with http:// or https:// "
         "(got 'localhost:8081')",
+    ),
+    (
+        "telegram:\n  webhook_listen: '8443'\n",
+        f"{LISTEN} (got '8443')",
+    ),
+    (
+        "telegram:\n  webhook_listen: 0.0.0.0:0\n",
+        f"{LISTEN} (got '0.0.0.0:0')",
+    ),
+    (
+        "telegram:\n  webhook_listen: ':8443'\n",
+        f"{LISTEN} (got ':8443')",
+    ),
+    (
+        "telegram:\n  webhook_listen: localhost:65536\n",
+        f"{LISTEN} (got 'localhost:65536')",
+    ),
+    (
+        "telegram:\n  webhook_secret: 'not allowed!'\n",
+        "telegram.webhook_secret: must be empty or 1 to 256 of the characters A-Z, a-z, 0-9, _ "
+        "and -",
     ),
     (
         "discord:\n  gateway_url: https://gateway.example\n",
@@ -342,12 +385,17 @@ def test_relative_config_path_resolves_against_cwd(tmp_path, monkeypatch) -> Non
 
 
 def test_tokens_absent_from_repr(tmp_path: Path) -> None:
-    text = "telegram:\n  token: ${TG}\ndiscord:\n  token: literal-discord-secret\n"
+    text = (
+        "telegram:\n  token: ${TG}\n  webhook_secret: literal-webhook-secret\n"
+        "discord:\n  token: literal-discord-secret\n"
+    )
     settings = load(tmp_path, text, {"TG": SECRET})
     assert settings.telegram.token == SECRET
+    assert settings.telegram.webhook_secret == "literal-webhook-secret"
     for shown in (repr(settings), str(settings), repr(settings.telegram)):
         assert SECRET not in shown
         assert "literal-discord-secret" not in shown
+        assert "literal-webhook-secret" not in shown
 
 
 @pytest.mark.parametrize(
@@ -358,6 +406,8 @@ def test_tokens_absent_from_repr(tmp_path: Path) -> None:
         f"telegram:\n  tokn: {SECRET}\n",  # misspelt key
         f"telegram:\n  token: {SECRET}: oops\n",  # YAML error on the token's line
         f"telegram:\n  token: {SECRET}\n  token: {SECRET}\n",  # given twice
+        f"telegram:\n  webhook_secret: '{SECRET}'\n",  # ':' is not allowed in a secret token
+        f"telegram:\n  webhook_secret: [{SECRET}]\n",  # wrong type
     ],
 )
 def test_token_value_absent_from_error_messages(tmp_path: Path, text: str) -> None:

@@ -7,14 +7,21 @@ the user's message) goes in the job's `origin`, stored with the job, so results 
 chat after a restart; buttons carry their action and image id, so they keep working too.
 
 Requests go through PTB's AIORateLimiter, which paces messages per chat and waits out 429s.
+
+Updates come by long polling, or, with `telegram.webhook_url` set, by webhook: PTB's own
+webhook server (tornado) listens on `telegram.webhook_listen` and accepts only posts that carry
+the secret token Telegram was given.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import secrets
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from telegram import (
     BotCommand,
@@ -48,7 +55,7 @@ from bot.adapters.telegram_ui import (
     progress_text,
     with_score,
 )
-from bot.config import Settings
+from bot.config import Settings, split_host_port
 from bot.images import png_for_chat
 from bot.service import Attachment, Service, User
 from bot.store import ImageRow, JobRow
@@ -64,6 +71,7 @@ TELEGRAM_NOTE = (
     "transparency sent as a file. Pictures sent as photos are recompressed by Telegram; "
     "send them as files to keep every pixel.")
 DELIVERY_TRIES = 3
+UPDATES = ["message", "callback_query"]  # the update types the adapter handles
 
 
 def api_urls(api_base_url: str, file_base_url: str) -> tuple[str, str]:
@@ -86,7 +94,7 @@ def api_urls(api_base_url: str, file_base_url: str) -> tuple[str, str]:
 
 
 class TelegramAdapter:
-    """Serves one bot token. `start()` returns once polling (or the webhook) runs."""
+    """Serves one bot token. `start()` returns once polling (or the webhook server) runs."""
 
     album_wait = 1.0  # seconds without a new album part before the album is handled
 
@@ -119,18 +127,41 @@ class TelegramAdapter:
     # ---- start and stop ------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.settings.telegram.webhook_url:
-            raise RuntimeError("telegram.webhook_url is set, but this version of the Telegram "
-                               "adapter only does long polling; leave it empty.")
         self.albums.wait = self.album_wait
         await self.app.initialize()
         await self._register_commands()
         await self.app.start()
-        await self.app.updater.start_polling(allowed_updates=["message", "callback_query"])
-        log.info("telegram: serving as @%s", self.bot.username)
+        if self.settings.telegram.webhook_url:
+            await self._start_webhook()
+        else:  # start_polling also deletes a webhook left from an earlier run
+            await self.app.updater.start_polling(allowed_updates=UPDATES)
+            log.info("telegram: serving as @%s by long polling", self.bot.username)
+
+    async def _start_webhook(self) -> None:
+        """PTB's webhook server on webhook_listen; it calls setWebhook itself. The webhook is
+        left set at stop, so Telegram keeps updates until the next start."""
+        settings = self.settings.telegram
+        host, port = split_host_port(settings.webhook_listen)
+        # The server answers on the public URL's own path, so a reverse proxy can forward
+        # requests unchanged. The path need not be secret: every post must carry the secret
+        # token, and without a configured one a random one is made at each start (Telegram
+        # gets it with setWebhook), so forged posts are refused with 403 either way.
+        # PTB puts the path into a tornado route, a regular expression: escape it. It adds
+        # `/?` to the end, so the path is taken without its trailing slash.
+        path = re.escape(urlsplit(settings.webhook_url).path.rstrip("/"))
+        secret = settings.webhook_secret or secrets.token_urlsafe(32)  # only A-Z a-z 0-9 _ -
+        try:
+            await self.app.updater.start_webhook(
+                listen=host, port=port, url_path=path, webhook_url=settings.webhook_url,
+                secret_token=secret, allowed_updates=UPDATES, drop_pending_updates=False)
+        except OSError as error:  # the port is taken, or the host is not an address here
+            raise RuntimeError(f"telegram.webhook_listen: cannot listen on "
+                               f"{settings.webhook_listen}: {error.strerror or error}") from None
+        log.info("telegram: serving as @%s by webhook, listening on %s",
+                 self.bot.username, settings.webhook_listen)
 
     async def stop(self) -> None:
-        if self.app.updater.running:
+        if self.app.updater.running:  # polling or the webhook server, whichever runs
             await self.app.updater.stop()
         if self.app.running:
             await self.app.stop()
