@@ -421,6 +421,20 @@ async def test_after_a_restart_buttons_still_work_and_commands_are_not_synced_ag
     assert rerolled.embeds[0]["title"] == before.embeds[0]["title"]
 
 
+async def test_changed_commands_are_synced_again_at_the_next_start(world: World):
+    original = world.settings
+    await world.stop_bot()
+    synced = len(world.fake.syncs)
+    world.settings = replace(original, discord=replace(original.discord,
+                                                       guild_ids=(GUILD_ID, 4242)))
+    try:
+        await world.start_bot()
+        assert {guild for guild, _ in world.fake.syncs[synced:]} == {GUILD_ID, 4242}
+    finally:
+        await world.stop_bot()
+        world.settings = original
+        await world.start_bot()
+
 async def test_no_token_reaches_the_logs(world: World):
     text = "\n".join(world.logs.lines)
     assert "discord.http" in text or "webhook" in text.lower()  # the debug logs were on
