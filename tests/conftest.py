@@ -3,6 +3,13 @@ deliverer that records what a chat user would have been sent."""
 
 from __future__ import annotations
 
+import os
+
+# Tests that run torch in this process do so beside engine processes and each other: with
+# every core's worth of OpenMP threads busy-waiting against them, torch gets tens of times
+# slower (the engine does the same for itself: one thread less than the cores).
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
+
 import asyncio
 import contextlib
 import json
