@@ -1,4 +1,5 @@
-"""The bundled shapes model loads with stock diffusers pipelines and produces 64×64 images."""
+"""The bundled shapes model loads with stock diffusers pipelines, produces 64×64 images and is
+stored as the issue asks: safetensors weights, at most 20 MB, a trained VAE scale."""
 
 from __future__ import annotations
 
@@ -64,3 +65,16 @@ def test_inpaint(pipe: diffusers.StableDiffusionPipeline) -> None:
         generator=generator(),
     )
     assert_rgb_image(result.images[0])
+
+
+def test_folder_is_small_and_stores_weights_as_safetensors() -> None:
+    files = [path for path in MODEL_DIR.rglob("*") if path.is_file()]
+    assert sum(path.stat().st_size for path in files) <= 20 * 1024 * 1024
+    weights = {path.parent.name for path in files if path.suffix == ".safetensors"}
+    assert weights == {"unet", "vae", "text_encoder"}
+    assert not [path for path in files if path.suffix in (".bin", ".pt", ".ckpt")]
+
+
+def test_vae_scaling_factor_comes_from_training(pipe: diffusers.StableDiffusionPipeline) -> None:
+    # 0.18215 is Stable Diffusion's value, left in place by an untrained build.
+    assert pipe.vae.config.scaling_factor != 0.18215

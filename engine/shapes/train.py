@@ -27,11 +27,11 @@ from engine.shapes import MODEL_DIR, build, draw
 
 @dataclass(frozen=True)
 class Budget:
-    vae_steps: int = 800
+    vae_steps: int = 1200
     vae_batch: int = 32
     vae_crop: int = 32  # the VAE is convolutional: it learns on crops, 4x cheaper than 64x64
     latent_pictures: int = 16384
-    unet_steps: int = 2500
+    unet_steps: int = 3000
     unet_batch: int = 64
     lr: float = 1e-3
     warmup: int = 100
@@ -134,9 +134,7 @@ def ema_update(average: torch.nn.Module, model: torch.nn.Module, decay: float) -
             mean.lerp_(param, 1 - decay)
 
 
-def batches(
-    count: int, batch: int, rng: np.random.Generator
-) -> Iterator[np.ndarray]:
+def batches(count: int, batch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
     """Shuffled epochs of indices, forever."""
     while True:
         order = rng.permutation(count)
@@ -144,14 +142,61 @@ def batches(
             yield order[start : start + batch]
 
 
+def training_batch(
+    latents: tuple[torch.Tensor, torch.Tensor, list[draw.Scene]],
+    index: np.ndarray,
+    scale: float,
+    budget: Budget,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, list[str]]:
+    """Scaled latents drawn from the posteriors of pictures `index`, and a caption for each
+    (empty for a share of them, which teaches the unconditional model that guidance needs)."""
+    means, stds, scenes = latents
+    idx = torch.from_numpy(index)
+    clean = (means[idx] + stds[idx] * torch.randn(means[idx].shape)) * scale
+    captions = [
+        "" if rng.random() < budget.caption_dropout else draw.caption(scenes[i], rng) for i in index
+    ]
+    return clean, captions
+
+
+def denoising_loss(
+    pipe: StableDiffusionPipeline,
+    scheduler: DDPMScheduler,
+    clean: torch.Tensor,
+    captions: list[str],
+    snr_gamma: float,
+) -> torch.Tensor:
+    """Min-SNR weighted epsilon-prediction loss at random timesteps."""
+    noise = torch.randn(clean.shape)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(captions),))
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    predicted = pipe.unet(noisy, timesteps, encoder_hidden_states=encode_text(pipe, captions))
+    per_sample = (predicted.sample - noise).pow(2).mean(dim=(1, 2, 3))
+    return (per_sample * snr_weights(scheduler, timesteps, snr_gamma)).mean()
+
+
+def write_snapshot(
+    pipe: StableDiffusionPipeline,
+    unet: torch.nn.Module,
+    text_encoder: torch.nn.Module,
+    folder: Path,
+) -> None:
+    parts = {**pipe.components, "unet": unet, "text_encoder": text_encoder}
+    build.write_folder(StableDiffusionPipeline(**parts, requires_safety_checker=False), folder)
+
+
 def train_denoiser(
     pipe: StableDiffusionPipeline,
     latents: tuple[torch.Tensor, torch.Tensor, list[draw.Scene]],
     budget: Budget,
     rng: np.random.Generator,
+    snapshots: Path | None = None,
 ) -> None:
-    """Text encoder and UNet together; leaves their EMA weights in `pipe`."""
-    means, stds, scenes = latents
+    """Text encoder and UNet together; leaves their EMA weights in `pipe`.
+
+    With `snapshots`, the EMA model is also written there every 500 steps, to watch progress.
+    """
     scale = pipe.vae.config.scaling_factor
     scheduler = noise_scheduler(pipe)
     unet, text_encoder = pipe.unet, pipe.text_encoder
@@ -160,26 +205,14 @@ def train_denoiser(
     ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
     unet.train()
     text_encoder.train()
-    indices = batches(len(scenes), budget.unet_batch, rng)
+    indices = batches(len(latents[2]), budget.unet_batch, rng)
     bar = tqdm(range(budget.unet_steps), desc="UNet", unit="step")
     running = 0.0
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = budget.lr * cosine_lr(step, budget.unet_steps, budget.warmup)
-        index = next(indices)
-        idx = torch.from_numpy(index)
-        noise_for_latent = torch.randn(means[idx].shape)
-        clean = (means[idx] + stds[idx] * noise_for_latent) * scale
-        captions = [
-            "" if rng.random() < budget.caption_dropout else draw.caption(scenes[i], rng)
-            for i in index
-        ]
-        noise = torch.randn(clean.shape)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(index),))
-        noisy = scheduler.add_noise(clean, noise, timesteps)
-        predicted = unet(noisy, timesteps, encoder_hidden_states=encode_text(pipe, captions)).sample
-        per_sample = (predicted - noise).pow(2).mean(dim=(1, 2, 3))
-        loss = (per_sample * snr_weights(scheduler, timesteps, budget.snr_gamma)).mean()
+        clean, captions = training_batch(latents, next(indices), scale, budget, rng)
+        loss = denoising_loss(pipe, scheduler, clean, captions, budget.snr_gamma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -189,6 +222,8 @@ def train_denoiser(
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{running:.4f}")
+        if snapshots and (step + 1) % 500 == 0:
+            write_snapshot(pipe, ema_unet, ema_text, snapshots / f"step{step + 1}")
     unet.load_state_dict(ema_unet.state_dict())
     text_encoder.load_state_dict(ema_text.state_dict())
     unet.eval()
@@ -201,7 +236,9 @@ def latent_std(vae: AutoencoderKL, rng: np.random.Generator, count: int = 512) -
     return vae.encode(images).latent_dist.sample().std().item()
 
 
-def train(seed: int = 0, budget: Budget | None = None) -> StableDiffusionPipeline:
+def train(
+    seed: int = 0, budget: Budget | None = None, snapshots: Path | None = None
+) -> StableDiffusionPipeline:
     budget = budget or Budget()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -209,7 +246,10 @@ def train(seed: int = 0, budget: Budget | None = None) -> StableDiffusionPipelin
     train_vae(pipe.vae, budget, rng)
     pipe.vae.register_to_config(scaling_factor=round(1 / latent_std(pipe.vae, rng), 5))
     latents = encode_pictures(pipe.vae, budget, rng)
-    train_denoiser(pipe, latents, budget, rng)
+    train_denoiser(pipe, latents, budget, rng, snapshots)
+    # Tokenizing for training switched on padding in the fast tokenizer; don't save that.
+    pipe.tokenizer.backend_tokenizer.no_padding()
+    pipe.tokenizer.backend_tokenizer.no_truncation()
     return pipe
 
 
@@ -219,13 +259,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=MODEL_DIR)
     parser.add_argument("--unet-steps", type=int, default=Budget.unet_steps)
     parser.add_argument("--vae-steps", type=int, default=Budget.vae_steps)
+    parser.add_argument("--snapshots", type=Path, help="also write the model here as it trains")
     args = parser.parse_args()
     # One thread: deterministic, and far faster than two threads on a shared 2-core machine.
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     started = time.monotonic()
     budget = Budget(unet_steps=args.unet_steps, vae_steps=args.vae_steps)
-    pipe = train(args.seed, budget)
+    pipe = train(args.seed, budget, args.snapshots)
     build.write_folder(pipe, args.out)
     print(f"wrote {args.out} in {(time.monotonic() - started) / 60:.1f} min")
 
