@@ -15,7 +15,9 @@ from engine.pipelines import Pipelines, load
 from engine.shapes import checker, draw
 from engine.worker import Engine
 
-INPAINT_BOUND = 0.06  # mean absolute change outside the mask, as a share of full scale
+# Mean absolute change outside the mask, as a share of full scale. Measured 0.015 to 0.034 over
+# 12 other seeds: the VAE round trip and some bleeding at the mask's edge.
+INPAINT_BOUND = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -88,19 +90,18 @@ def test_vary_keeps_the_picture_and_full_strength_follows_a_new_prompt(
 
 
 def test_inpaint_repaints_the_mask_and_keeps_the_rest(pipes: Pipelines, tmp_path: Path) -> None:
-    picture = draw.draw(draw.Scene("circle", "red", "blue", side=24, left=4, top=20))
+    picture = draw.draw(draw.Scene("circle", "red", draw.DEFAULT_BACKGROUND, 28, left=18, top=18))
     mask = Image.new("L", picture.size, 0)
-    mask.paste(255, (32, 0, 64, 64))  # the right half, away from the circle
+    mask.paste(255, (12, 12, 52, 52))  # a box over the circle and some background around it
     picture.save(tmp_path / "picture.png")
     mask.save(tmp_path / "mask.png")
-    job = protocol.Job(1, "inpaint", "a yellow square", seed=41,
-                       init_image=str(tmp_path / "picture.png"),
-                       mask_image=str(tmp_path / "mask.png"))
-    result = np.asarray(run(pipes, tmp_path, job)[0], dtype=float)
-    before = np.asarray(picture, dtype=float)
-    labels = checker.colour_map(Image.fromarray(result.astype(np.uint8)))
+    job = protocol.Job(
+        1, "inpaint", "a yellow square", seed=41,
+        init_image=str(tmp_path / "picture.png"), mask_image=str(tmp_path / "mask.png"),
+    )  # fmt: skip
+    result = run(pipes, tmp_path, job)[0]
+    assert checker.read(result) == checker.Reading("grey", "yellow", "square")
+    change = np.abs(np.asarray(result, dtype=float) - np.asarray(picture, dtype=float)) / 255
     inside = np.asarray(mask) > 0
-    yellow = checker.NAMES.index("yellow")
-    assert (labels[inside] == yellow).mean() > 0.1
-    change_outside = np.abs(result - before)[~inside].mean() / 255
-    assert change_outside < INPAINT_BOUND
+    assert change[inside].mean() > 0.15
+    assert change[~inside].mean() < INPAINT_BOUND
