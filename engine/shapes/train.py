@@ -1,9 +1,10 @@
-"""Train the bundled shapes model from scratch on pictures drawn on the fly, and write its folder.
+"""Train the bundled shapes model from scratch on pictures it draws, and write its folder.
 
-Run with `python -m engine.shapes.train [--seed N] [--out DIR]`. Stages: the VAE on drawn
-pictures, then the text encoder and UNet together on VAE latents of drawn pictures with
-captions that name some or all of what is drawn. Single-threaded and seeded, so a given seed
-gives the same weights on a given machine.
+Run with `python -m engine.shapes.train [--seed N] [--out DIR]` (about 35 minutes on one CPU
+thread). Stages: the VAE on 32-pixel crops of freshly drawn pictures; then 16384 new pictures
+are drawn and encoded once, and the text encoder and UNet learn together on their latents, each
+step with new captions that name some or all of what is drawn. Single-threaded and seeded, so a
+given seed gives the same weights on a given machine.
 """
 
 from __future__ import annotations
