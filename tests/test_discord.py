@@ -208,8 +208,6 @@ async def test_imagine_defers_shows_the_queue_and_posts_the_picture(world: World
     world.red_circle = result
 
 
-@pytest.mark.xfail(reason="engine/shapes/model is still the randomly initialised model of "
-                          "7e71fc2; this passes once the trained weights are committed")
 async def test_the_posted_picture_matches_the_prompt(world: World):
     assert world.red_circle is not None, "runs after the /imagine test"
     assert_matches(picture(world.red_circle), "circle", "red", "blue")

@@ -211,7 +211,6 @@ async def test_imagine_answers_at_once_edits_the_status_and_sends_the_photo(
 
 # The bundled model in git is still the randomly initialised one; its training lands separately.
 # strict: once the trained model is committed this XPASSes and fails, so the mark gets removed.
-@pytest.mark.xfail(strict=True, reason="bundled:shapes is not trained yet in this commit")
 async def test_the_photo_shows_what_the_prompt_asked_for(canvas: Canvas) -> None:
     prompt = "a red circle on a blue background"
     sent = await canvas.say(f"/imagine {prompt} --seed 8")  # the model's default steps
