@@ -15,10 +15,6 @@ from engine.pipelines import Pipelines, load
 from engine.shapes import checker, draw
 from engine.worker import Engine
 
-# Mean absolute change outside the mask, as a share of full scale. Measured 0.015 to 0.034 over
-# 12 other seeds: the VAE round trip and some bleeding at the mask's edge.
-INPAINT_BOUND = 0.05
-
 
 @pytest.fixture(scope="module")
 def pipes() -> Pipelines:
@@ -104,4 +100,4 @@ def test_inpaint_repaints_the_mask_and_keeps_the_rest(pipes: Pipelines, tmp_path
     change = np.abs(np.asarray(result, dtype=float) - np.asarray(picture, dtype=float)) / 255
     inside = np.asarray(mask) > 0
     assert change[inside].mean() > 0.15
-    assert change[~inside].mean() < INPAINT_BOUND
+    assert change[~inside].max() == 0  # the engine pastes the original back outside the mask
