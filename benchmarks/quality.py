@@ -32,13 +32,8 @@ FIRST_SEED = 50_000  # far from the seeds tests and tuning used
 def run_jobs(pipes: Pipelines, jobs: list[protocol.Job], folder: Path) -> dict[int, Path]:
     """Run `jobs` through an in-process Engine; the path of each job's first image."""
     sent: list = []
-    inbox: queue.Queue = queue.Queue()
-    engine = Engine(pipes, folder, 8, sent.append, inbox)
-    for job in jobs:
-        inbox.put(job)
-    engine.take_messages(block=False)
-    while engine.slots:
-        engine.run_batch(engine.next_batch())
+    engine = Engine(pipes, folder, 8, sent.append, queue.Queue())
+    engine.run_all(jobs)
     results = [m for m in sent if isinstance(m, protocol.Result)]
     return {m.job_id: Path(m.images[0].path) for m in results}
 

@@ -99,6 +99,15 @@ class Engine:
             if self.trainer is not None and not self.stopping:
                 self.train_slice()
 
+    def run_all(self, jobs: list[protocol.Job]) -> None:
+        """Run these jobs to the end, here and now: the engine without its process, for
+        benchmarks and tests. Messages still go to `send`, and the inbox is still read
+        between steps (so a Cancel put there stops a job)."""
+        for job in jobs:
+            self.accept(job)
+        while self.slots:
+            self.run_batch(self.next_batch())
+
     # ---- messages ------------------------------------------------------------------------
 
     def take_messages(self, block: bool) -> None:

@@ -13,6 +13,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
 import asyncio
 import contextlib
 import json
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -77,6 +78,17 @@ def run_console(config: Path, lines: list[str], timeout: float = 180) -> Console
     )
     records = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     return ConsoleRun(records, done.stderr, done.returncode)
+
+
+class LogLines(logging.Handler):
+    """Every log line, formatted, for tests that check what reaches the logs (no tokens)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
 
 
 class Recorder:

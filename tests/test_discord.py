@@ -26,7 +26,7 @@ from bot.config import load_settings
 from bot.service import Service
 from bot.store import JobRow, Store
 from engine.shapes import checker, draw
-from tests.conftest import write_config
+from tests.conftest import LogLines, write_config
 from tests.fake_discord import (
     APPLICATION_ID,
     BOT_TOKEN,
@@ -47,22 +47,13 @@ COMMAND_NAMES = ["imagine", "vary", "inpaint", "rate", "cancel", "queue", "histo
                  "retrain", "model"]
 
 
-class LogRecorder(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-
 class World:
     """The fake Discord and a bot (service + DiscordAdapter) on one data folder."""
 
     def __init__(self, folder: Path) -> None:
         self.fake = FakeDiscord()
         self.folder = folder
-        self.logs = LogRecorder()
+        self.logs = LogLines()
         self.red_circle: Message | None = None  # the /imagine result, for the prompt check
 
     async def start_fake(self) -> None:

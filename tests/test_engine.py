@@ -37,12 +37,7 @@ class Harness:
         self.on_send(message)
 
     def run(self, *jobs: protocol.Job) -> dict[int, protocol.Result]:
-        for job in jobs:
-            self.inbox.put(job)
-        # The engine's loop, run until the work is done instead of until Shutdown.
-        self.engine.take_messages(block=False)
-        while self.engine.slots:
-            self.engine.run_batch(self.engine.next_batch())
+        self.engine.run_all(list(jobs))
         return {m.job_id: m for m in self.sent if isinstance(m, protocol.Result)}
 
     def of_type(self, kind: type) -> list:

@@ -24,13 +24,8 @@ def pipes() -> Pipelines:
 def run(pipes: Pipelines, folder: Path, *jobs: protocol.Job) -> list[Image.Image]:
     """Each job's first image, in job order, from an in-process Engine."""
     sent: list = []
-    inbox: queue.Queue = queue.Queue()
-    engine = Engine(pipes, folder, 8, sent.append, inbox)
-    for job in jobs:
-        inbox.put(job)
-    engine.take_messages(block=False)
-    while engine.slots:
-        engine.run_batch(engine.next_batch())
+    engine = Engine(pipes, folder, 8, sent.append, queue.Queue())
+    engine.run_all(list(jobs))
     paths = {m.job_id: m.images[0].path for m in sent if isinstance(m, protocol.Result)}
     return [Image.open(paths[job.job_id]).convert("RGB") for job in jobs]
 

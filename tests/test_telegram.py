@@ -25,7 +25,7 @@ from bot.service import Service
 from bot.store import Store
 from engine.shapes import checker
 from tests import fake_telegram as tg
-from tests.conftest import job_row, write_config
+from tests.conftest import LogLines, job_row, write_config
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -39,15 +39,6 @@ MAX_IMAGE_BYTES = 200_000
 MAX_IMAGE_PIXELS = 256 * 256
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-
 @dataclass
 class Canvas:
     fake: tg.FakeTelegram
@@ -55,7 +46,7 @@ class Canvas:
     service: Service
     store: Store
     settings: Settings
-    logs: Records
+    logs: LogLines
 
     def store_rows(self, sql: str) -> list[tuple]:
         with contextlib.closing(sqlite3.connect(self.settings.storage.db)) as db:
@@ -99,7 +90,7 @@ async def canvas(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Canv
         admins={"telegram": [tg.ADMIN["id"]]},
         limits={"max_image_bytes": MAX_IMAGE_BYTES, "max_image_pixels": MAX_IMAGE_PIXELS})
     settings = load_settings(config)
-    logs = Records()
+    logs = LogLines()
     root = logging.getLogger()
     old_level = root.level
     root.addHandler(logs)

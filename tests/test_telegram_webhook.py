@@ -21,7 +21,7 @@ from bot.config import Settings, load_settings
 from bot.service import Service
 from bot.store import Store
 from tests import fake_telegram as tg
-from tests.conftest import write_config
+from tests.conftest import LogLines, write_config
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -34,22 +34,13 @@ SECRET = "canvas-webhook-secret_42"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-
 @dataclass
 class Hooked:
     fake: tg.FakeTelegram
     adapter: TelegramAdapter
     settings: Settings
     hook: str  # where the bot's webhook server takes posts
-    logs: Records
+    logs: LogLines
 
     async def post(self, update: dict[str, Any], secret: str | None = SECRET,
                    url: str | None = None) -> int:
@@ -82,7 +73,7 @@ async def hooked(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hook
     await fake.start()
     port = free_port()
     settings = webhook_config(tmp_path_factory.mktemp("webhook"), fake, port, SECRET)
-    logs = Records()
+    logs = LogLines()
     root = logging.getLogger()
     old_level = root.level
     root.addHandler(logs)
