@@ -108,6 +108,8 @@ class LimitSettings:
     max_image_pixels: int = _setting(16_777_216, min=1)
     # An empty word would match every prompt, hence nonempty.
     blocked_words: tuple[str, ...] = _setting((), nonempty=True)
+    # Admins' jobs are served before everyone else's (still in turn among themselves).
+    admin_priority: bool = False
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ def test_dataclass_defaults_are_the_documented_ones() -> None:
         model="bundled:shapes", device="auto", max_batch=4, dtype="auto", compile=False
     )
     assert StorageSettings() == StorageSettings(Path("data/canvas.db"), Path("data/images"))
-    assert LimitSettings() == LimitSettings(3, 100, 1000, 10_000_000, 16_777_216, ())
+    assert LimitSettings() == LimitSettings(3, 100, 1000, 10_000_000, 16_777_216, (), False)
     assert Settings().log_level == "INFO"
     assert AdminSettings().discord == frozenset()
     telegram = TelegramSettings()
@@ -164,6 +164,11 @@ def test_strings_from_env_convert_to_field_types(tmp_path: Path) -> None:
 )
 def test_bool_words(tmp_path: Path, word: str, expected: bool) -> None:
     assert load(tmp_path, f"engine:\n  compile: '{word}'\n").engine.compile is expected
+
+
+def test_admin_priority_is_off_unless_set(tmp_path: Path) -> None:
+    assert load(tmp_path, "limits: {}\n").limits.admin_priority is False
+    assert load(tmp_path, "limits:\n  admin_priority: true\n").limits.admin_priority is True
 
 
 def test_unset_variable_is_refused_naming_key_and_variable(tmp_path: Path) -> None:
