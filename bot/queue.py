@@ -2,49 +2,152 @@
 
 Everything else sees only this small interface, so moving to a shared queue (Redis Streams,
 one engine worker per GPU) changes this file alone.
+
+Fair order: jobs are served round robin over chats, and within a chat round robin over the
+users who have jobs waiting there; a user's own jobs in a chat go in the order they were asked.
+Chats (and users within a chat) take turns in the order they first got in line; one that runs
+dry leaves the rotation and joins at the end when it comes back. Chats come first so that a
+busy group, however many people flood it, cannot starve a quiet private chat (that chat's job
+is at most one turn away), and users within a chat so that one heavy user cannot starve the
+others in the same group. A private chat holds one user, so between private chats this is
+plain round robin over users. (A user asking in several chats gets a turn in each; the
+per-user limit on waiting jobs bounds that.)
+
+Priority jobs (admins', when `limits.admin_priority` is on) are served before all others, in
+the same fair order among themselves. A job put back (taken but never sent to an engine) goes
+before everything.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
 
 from engine.protocol import Job
 
+_FRONT = ("", "", "")  # where put-back jobs live in the index
 
-class JobQueue:
-    """First come, first served. One task drains it (the engine client's feeder); the service
-    puts jobs in and may take a waiting one out again (/cancel)."""
+
+class _Tier:
+    """One level of service: chat -> user -> jobs, each OrderedDict in its turn order."""
 
     def __init__(self) -> None:
-        self._jobs: OrderedDict[int, Job] = OrderedDict()
+        self.chats: OrderedDict[str, OrderedDict[str, deque[Job]]] = OrderedDict()
+
+    def put(self, job: Job, user: str, chat: str) -> None:
+        users = self.chats.setdefault(chat, OrderedDict())  # a new chat joins at the end
+        users.setdefault(user, deque()).append(job)  # a new user at the end of the chat's
+
+    def pop(self) -> Job:
+        """The next job in turn; its user and chat move to the end of their rotations."""
+        chat, users = next(iter(self.chats.items()))
+        user, jobs = next(iter(users.items()))
+        job = jobs.popleft()
+        if jobs:
+            users.move_to_end(user)
+        else:
+            del users[user]
+        if users:
+            self.chats.move_to_end(chat)
+        else:
+            del self.chats[chat]
+        return job
+
+    def remove(self, job_id: int, user: str, chat: str) -> None:
+        users = self.chats[chat]
+        jobs = users[user]
+        for index, job in enumerate(jobs):
+            if job.job_id == job_id:
+                del jobs[index]
+                break
+        if not jobs:
+            del users[user]
+            if not users:
+                del self.chats[chat]
+
+    def order(self) -> Iterator[Job]:
+        """The jobs in the order pop() would give them, if nothing else arrived: turn by
+        turn, each chat (each user within it) gives its next job until it runs dry."""
+        return _rounds(_rounds(users.values()) for users in self.chats.values())
+
+    def __bool__(self) -> bool:
+        return bool(self.chats)
+
+
+def _rounds(sequences: Iterable[Iterable[Job]]) -> Iterator[Job]:
+    """Round robin: the first of each sequence in order, then the second of each, ..."""
+    iterators = deque(iter(sequence) for sequence in sequences)
+    while iterators:
+        iterator = iterators.popleft()
+        for job in iterator:
+            yield job
+            iterators.append(iterator)
+            break
+
+
+class JobQueue:
+    """Fair order (see above). One task drains it (the engine client's feeder); the service
+    puts jobs in and may take a waiting one out again (/cancel). Each operation costs at most
+    the length of one user's waiting jobs; waiting() costs the length of the queue."""
+
+    def __init__(self) -> None:
+        self._priority = _Tier()
+        self._normal = _Tier()
+        self._front: deque[Job] = deque()
+        # job id -> (tier, user, chat); _FRONT for put-back jobs
+        self._index: dict[int, tuple[str, str, str]] = {}
         self._changed = asyncio.Condition()
 
-    async def put(self, job: Job) -> None:
+    async def put(self, job: Job, *, user: str, chat: str, priority: bool = False) -> None:
+        """Queue a job for `user` (a platform-qualified user key, e.g. "telegram:123") asking
+        in `chat` (a platform-qualified chat key; the user key where there is no chat)."""
         async with self._changed:
-            self._jobs[job.job_id] = job
+            self.remove(job.job_id)  # the same job twice: the later one counts
+            tier = "priority" if priority else "normal"
+            self._tier(tier).put(job, user, chat)
+            self._index[job.job_id] = (tier, user, chat)
             self._changed.notify()
 
     async def get(self) -> Job:
         async with self._changed:
-            await self._changed.wait_for(lambda: bool(self._jobs))
-            _, job = self._jobs.popitem(last=False)
+            await self._changed.wait_for(lambda: bool(self._index))
+            if self._front:
+                job = self._front.popleft()
+            elif self._priority:
+                job = self._priority.pop()
+            else:
+                job = self._normal.pop()
+            del self._index[job.job_id]
             return job
 
     async def put_back(self, job: Job) -> None:
-        """Return a job to the front: it was taken, but never reached an engine."""
+        """Return a job to the very front: it was taken, but never reached an engine."""
         async with self._changed:
-            self._jobs[job.job_id] = job
-            self._jobs.move_to_end(job.job_id, last=False)
+            self.remove(job.job_id)
+            self._front.appendleft(job)
+            self._index[job.job_id] = _FRONT
             self._changed.notify()
 
     def remove(self, job_id: int) -> bool:
         """Take a waiting job out; False if it is not waiting here (sent on, or unknown)."""
-        return self._jobs.pop(job_id, None) is not None
+        where = self._index.pop(job_id, None)
+        if where is None:
+            return False
+        if where == _FRONT:
+            self._front.remove(next(job for job in self._front if job.job_id == job_id))
+        else:
+            tier, user, chat = where
+            self._tier(tier).remove(job_id, user, chat)
+        return True
 
     def waiting(self) -> list[int]:
-        """Ids of the waiting jobs, next first."""
-        return list(self._jobs)
+        """Ids of the waiting jobs, in the order get() will serve them (if no more arrive)."""
+        jobs = [*self._front, *self._priority.order(), *self._normal.order()]
+        return [job.job_id for job in jobs]
 
     def __len__(self) -> int:
-        return len(self._jobs)
+        return len(self._index)
+
+    def _tier(self, name: str) -> _Tier:
+        return self._priority if name == "priority" else self._normal

@@ -326,7 +326,13 @@ class Service:
 
     async def _enqueue(self, job: JobRow) -> None:
         self._active[job.id] = (job.user_id, job.platform)
-        await self.queue.put(_engine_job(job))
+        user = f"{job.platform}:{job.platform_user_id}"
+        chat_id = job.origin.get("chat_id") or job.origin.get("channel_id")  # Telegram, Discord
+        priority = self.settings.limits.admin_priority and self.is_admin(
+            User(job.platform, job.platform_user_id))
+        await self.queue.put(_engine_job(job), user=user,
+                             chat=f"{job.platform}:{chat_id}" if chat_id else user,
+                             priority=priority)
 
     # ---- engine events -------------------------------------------------------------------
 
