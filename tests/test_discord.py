@@ -364,7 +364,7 @@ async def test_retrain_and_model_are_refused_to_everyone_but_admins(world: World
     refused = await world.fake.slash("retrain", BOB)
     assert_ephemeral_error(await world.answer(refused), "only the bot's admins")
     assert refused.callback["type"] == 4  # refused at once, nothing deferred
-    # An admin gets the service's answer (not available yet, or what retraining says now).
+    # An admin gets the service's answer: too few rated images yet, or retraining started.
     admin = await world.answer(await world.fake.slash("retrain", ADMIN, steps=50))
     assert admin.ephemeral and admin.content and "only the bot's admins" not in admin.content
     models = await world.answer(await world.fake.slash("model", ADMIN))
