@@ -193,7 +193,8 @@ async def test_imagine_answers_at_once_edits_the_status_and_sends_the_photo(
     picture = Image.open(io.BytesIO(call.upload("photo")))
     assert picture.format == "PNG" and min(picture.size) >= canvas.service.chat_image_size
     image_id = canvas.image_id(call)
-    assert call["caption"].startswith(prompt) and f"seed 7 · image #{image_id}" in call["caption"]
+    assert call["caption"].startswith(prompt)
+    assert f"seed 7 · base · image #{image_id}" in call["caption"]
     buttons = [b["callback_data"] for row in call["reply_markup"]["inline_keyboard"] for b in row]
     assert buttons == [f"v:{image_id}", f"r:{image_id}"] + [f"s:{image_id}:{s}"
                                                              for s in range(1, 6)]

@@ -129,7 +129,7 @@ class ConsoleAdapter:
                  "seed": image.seed, "width": image.width, "height": image.height,
                  "prompt": job.prompt, "model_version": image.model_version},
                 f"image #{image.id} (job #{job.id}, seed {image.seed}, {image.width}×"
-                f"{image.height}): {image.path}",
+                f"{image.height}, {image.model_version}): {image.path}",
             )
         self.done(job.id)
 

@@ -50,8 +50,9 @@ def parse_button(data: str | None) -> Button | None:
 
 
 def caption(job: JobRow, image: ImageRow) -> str:
-    """Prompt, seed and image id; the id comes last, where a reply's /vary looks for it."""
-    tail = f"\nseed {image.seed} · image #{image.id}"
+    """Prompt, seed, model version and image id; the id comes last, where a reply's /vary
+    looks for it."""
+    tail = f"\nseed {image.seed} · {image.model_version} · image #{image.id}"
     prompt = job.prompt if job.kind != "img2img" or job.prompt else "variation"
     room = CAPTION_LIMIT - len(tail)
     if len(prompt) > room:
