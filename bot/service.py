@@ -12,6 +12,7 @@ import asyncio
 import logging
 import re
 import secrets
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +30,8 @@ from engine.client import EngineClient, EngineExited
 log = logging.getLogger(__name__)
 
 HISTORY_LENGTH = 10
+OUR_FAULT = ("Sorry, something went wrong on my side (the bot's admins can see what in the "
+             "log). Please try again later.")
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class Service:
     _progress: dict[int, _Progress] = field(default_factory=dict)
     # Checking the limits and queuing must be one step, or two commands could both pass.
     _admission: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _job_left: asyncio.Condition = field(default_factory=asyncio.Condition)
     # Jobs that were in the engine when it died once already; a second death fails them.
     _retried: set[int] = field(default_factory=set)
     _stopping: bool = False
@@ -135,10 +139,19 @@ class Service:
     async def handle(self, user: User, request: cmd.Request, *, image: Attachment | None = None,
                      mask: Attachment | None = None, origin: dict[str, Any] | None = None) -> Reply:
         """Answer one command. Never raises for anything a user can send."""
+        return await self._answer(self._dispatch(user, request, image, mask, origin or {}),
+                                  type(request).__name__, user)
+
+    async def _answer(self, work: Awaitable[Reply], what: str, user: User) -> Reply:
         try:
-            return await self._dispatch(user, request, image, mask, origin or {})
+            return await work
         except (UserError, ImageError) as error:
             return Reply(str(error), error=True)
+        except Exception:
+            # A full disk, a database error, a bug: the user gets an answer, the log the
+            # details, and the bot goes on serving everyone else.
+            log.exception("could not handle %s from %s:%s", what, user.platform, user.user_id)
+            return Reply(OUR_FAULT, error=True)
 
     def is_admin(self, user: User) -> bool:
         if user.platform == "console":
@@ -223,18 +236,18 @@ class Service:
     async def reroll(self, user: User, image_id: int,
                      origin: dict[str, Any] | None = None) -> Reply:
         """Run the job that made an image again with a new seed (the Reroll button)."""
-        try:
-            source = await self._image(image_id)
-            job = await self.store.get_job(source.job_id)
-            user_id = await self.store.ensure_user(user.platform, user.user_id, user.name)
-            return await self._submit(NewJob(
-                user_id=user_id, kind=job.kind, prompt=job.prompt,
-                negative_prompt=job.negative_prompt, seed=self._seed(None), n=job.n,
-                steps=job.steps, guidance=job.guidance, aspect=(job.aspect_w, job.aspect_h),
-                strength=job.strength, model=job.model, source_image_id=job.source_image_id,
-                init_path=job.init_path, mask_path=job.mask_path, origin=origin or {}))
-        except UserError as error:
-            return Reply(str(error), error=True)
+        return await self._answer(self._reroll(user, image_id, origin or {}), "Reroll", user)
+
+    async def _reroll(self, user: User, image_id: int, origin: dict[str, Any]) -> Reply:
+        source = await self._image(image_id)
+        job = await self.store.get_job(source.job_id)
+        user_id = await self.store.ensure_user(user.platform, user.user_id, user.name)
+        return await self._submit(NewJob(
+            user_id=user_id, kind=job.kind, prompt=job.prompt,
+            negative_prompt=job.negative_prompt, seed=self._seed(None), n=job.n,
+            steps=job.steps, guidance=job.guidance, aspect=(job.aspect_w, job.aspect_h),
+            strength=job.strength, model=job.model, source_image_id=job.source_image_id,
+            init_path=job.init_path, mask_path=job.mask_path, origin=origin))
 
     @property
     def chat_image_size(self) -> int:
@@ -262,7 +275,7 @@ class Service:
         if self.queue.remove(job_id):
             await self.store.mark_failed(job_id, "Cancelled.", cancelled=True)
             await self.store.mark_delivered(job_id)
-            self._progress.pop(job_id, None)
+            await self._forget(job_id)
             return Reply(f"Cancelled job #{job_id}.", job_id=job_id)
         await self.engine.cancel(job_id)
         return Reply(f"Stopping job #{job_id}…", job_id=job_id)
@@ -280,6 +293,10 @@ class Service:
     def _order(self) -> list[int]:
         """Active job ids in the order the engine will finish them: its own first."""
         return list(self.engine.in_flight) + self.queue.waiting()
+
+    def active_jobs_on(self, platform: str) -> list[int]:
+        """Queued and running jobs that came from `platform` (new or taken up at start)."""
+        return [job_id for job_id, (_, origin) in self._active.items() if origin == platform]
 
     def position(self, job_id: int) -> int | None:
         order = self._order()
@@ -371,9 +388,20 @@ class Service:
             case _:
                 await self.learning.on_event(event)
 
-    async def _finished(self, job_id: int) -> None:
+    async def _forget(self, job_id: int) -> None:
+        """The job left the queue and the engine: it no longer counts against any limit."""
         self._active.pop(job_id, None)
         self._progress.pop(job_id, None)
+        async with self._job_left:
+            self._job_left.notify_all()
+
+    async def drained(self, platform: str) -> None:
+        """Wait until no job from `platform` is queued or running."""
+        async with self._job_left:
+            await self._job_left.wait_for(lambda: not self.active_jobs_on(platform))
+
+    async def _finished(self, job_id: int) -> None:
+        await self._forget(job_id)
         job = await self.store.get_job(job_id)
         if job is not None:
             self._spawn(self._deliver_outcome(job))

@@ -184,6 +184,10 @@ class Engine:
         began = time.perf_counter()
         try:
             images = self.generate(batch)
+        except torch.OutOfMemoryError:
+            self.running = []
+            self.out_of_memory(batch)
+            return
         except Exception as error:  # one bad batch must not stop the engine
             log.exception("batch of %d failed", len(batch))
             for plan in plans:
@@ -197,8 +201,31 @@ class Engine:
         for plan in plans:
             plan.engine_seconds += elapsed
         for (plan, index), image in zip(batch, images, strict=True):
-            if not plan.cancelled:
+            if plan.cancelled or plan.job.job_id not in self.plans:
+                continue
+            try:
                 self.save(plan, index, image)
+            except OSError as error:
+                log.error("could not write an image under %s: %s", self.images_dir, error)
+                self.fail(plan, "Your image was made but could not be saved (the bot's disk is "
+                          f"full or its images folder is not writable: {error.strerror}). "
+                          "The bot's admins can see this in the log.")
+
+    def out_of_memory(self, batch: list[Slot]) -> None:
+        """Too big for the device at once: run each half on its own; a single image that still
+        does not fit fails with a message the user can act on."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(batch) > 1:
+            log.warning("out of memory on a batch of %d; splitting it", len(batch))
+            half = len(batch) // 2
+            self.run_batch(batch[:half])
+            self.run_batch(batch[half:])
+            return
+        plan = batch[0][0]
+        log.error("out of memory on one image of %dx%d", plan.width, plan.height)
+        self.fail(plan, f"The image ({plan.width}×{plan.height}, {plan.steps} steps) does not "
+                  "fit in the device's memory. Try a smaller --ar or fewer --n.")
 
     def fail(self, plan: Plan, error: str) -> None:
         if self.plans.pop(plan.job.job_id, None) is None:

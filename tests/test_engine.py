@@ -136,3 +136,38 @@ def test_img2img_and_inpaint_keep_the_source_aspect(pipelines, tmp_path):
                                               ((9, 16), (48, 80)), ((4, 1), (128, 32))])
 def test_fit_size_keeps_the_native_area_on_the_models_grid(pipelines, aspect, size):
     assert fit_size(aspect, pipelines.settings) == size
+
+
+def test_out_of_memory_splits_the_batch_and_still_makes_every_image(pipelines, tmp_path):
+    harness = Harness(pipelines, tmp_path, max_batch=4)
+    real_generate = harness.engine.generate
+    tried: list[int] = []
+
+    def small_device(batch):  # a device that holds one image at a time
+        tried.append(len(batch))
+        if len(batch) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_generate(batch)
+
+    harness.engine.generate = small_device
+    jobs = [protocol.Job(i, "txt2img", "a red circle", seed=i, steps=3) for i in (1, 2, 3)]
+    results = harness.run(*jobs)
+    assert sorted(results) == [1, 2, 3] and not harness.of_type(protocol.Failed)
+    assert tried == [3, 1, 2, 1, 1]  # 3 -> 1 + 2 -> 1 + 1 + 1
+
+    harness.engine.generate = lambda batch: (_ for _ in ()).throw(
+        torch.OutOfMemoryError("CUDA out of memory (simulated)"))
+    harness.run(protocol.Job(4, "txt2img", "a red circle", seed=4, steps=3))
+    [failed] = harness.of_type(protocol.Failed)
+    assert failed.job_id == 4 and "does not fit in the device's memory" in failed.error
+
+
+def test_an_unwritable_images_folder_fails_the_job_clearly_and_the_engine_goes_on(
+        pipelines, tmp_path):
+    (tmp_path / "out").write_text("a file where the output folder should be")
+    harness = Harness(pipelines, tmp_path, max_batch=4)
+    harness.run(protocol.Job(1, "txt2img", "a red circle", seed=1, steps=3, n=2))
+    [failed] = harness.of_type(protocol.Failed)
+    assert failed.job_id == 1 and "could not be saved" in failed.error
+    (tmp_path / "out").unlink()
+    assert 2 in harness.run(protocol.Job(2, "txt2img", "a blue circle", seed=2, steps=3))

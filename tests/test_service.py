@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import sqlite3
 from pathlib import Path
 
+from PIL import Image
+
 from bot import commands as cmd
 from bot.cli import build_service
 from bot.config import load_settings
-from bot.service import Service, User
+from bot.service import OUR_FAULT, Attachment, Service, User
 from bot.store import NewJob, Store
 from tests.conftest import Recorder, job_row, write_config
 
@@ -102,6 +105,9 @@ async def test_queue_shows_positions_and_cancel_works_waiting_and_running(tmp_pa
         cancelled = await bot.say(ALICE, f"/cancel {waiting.job_id}")
         assert cancelled.text == f"Cancelled job #{waiting.job_id}."
         assert bot.row(waiting.job_id)["status"] == "cancelled"
+        # A cancelled job no longer counts against her limit of 3 waiting jobs.
+        for colour in ("green", "white"):
+            assert not (await bot.say(ALICE, f"/imagine a {colour} circle --steps 2")).error
 
         stopping = await bot.say(ALICE, f"/cancel {running.job_id}")
         assert not stopping.error
@@ -213,5 +219,19 @@ async def test_a_killed_engine_is_restarted_and_its_job_retried_once(tmp_path):
         assert bot.recorder.images[job.job_id][0].seed == 11
         assert bot.service.engine._process.pid != first_engine.pid
         after = await bot.say(BOB, "/imagine a blue square --steps 3")  # still serving
+        await bot.recorder.wait(after.job_id)
+        assert len(bot.recorder.images[after.job_id]) == 1
+
+
+async def test_a_failure_on_our_side_gets_a_polite_reply_and_the_bot_goes_on(tmp_path):
+    async with Bot(tmp_path) as bot:
+        uploads = bot.settings.storage.images / "uploads"
+        uploads.parent.mkdir(parents=True, exist_ok=True)
+        uploads.write_text("a file where the uploads folder should be")  # unwritable
+        picture = io.BytesIO()
+        Image.new("RGB", (32, 32), "red").save(picture, format="PNG")
+        reply = await bot.say(ALICE, "/vary", image=Attachment(picture.getvalue(), "red.png"))
+        assert reply.error and reply.text == OUR_FAULT
+        after = await bot.say(BOB, "/imagine a blue square --steps 2")
         await bot.recorder.wait(after.job_id)
         assert len(bot.recorder.images[after.job_id]) == 1

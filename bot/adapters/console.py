@@ -72,6 +72,7 @@ class ConsoleAdapter:
             if line.strip():
                 await self.command(line.strip())
         await self.all_delivered.wait()
+        await self.service.drained(PLATFORM)  # jobs taken up from a run that was killed
         await self.service.learning.idle()  # a /retrain typed here finishes before we exit
 
     async def command(self, line: str) -> None:
