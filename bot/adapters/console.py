@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 import sys
+import threading
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -68,12 +69,30 @@ class ConsoleAdapter:
             where = f" ({ready.device})" if ready else ""
             print(f"Magic Canvas on {self.service.model_name}{where}. Type a command such as "
                   "/imagine a red circle, or /help.", file=self.stdout, flush=True)
-        while line := await asyncio.to_thread(self.stdin.readline):
+        lines = self._lines()
+        while (line := await lines.get()) is not None:
             if line.strip():
                 await self.command(line.strip())
         await self.all_delivered.wait()
         await self.service.drained(PLATFORM)  # jobs taken up from a run that was killed
         await self.service.learning.idle()  # a /retrain typed here finishes before we exit
+
+    def _lines(self) -> asyncio.Queue[str | None]:
+        """Standard input, line by line, then None. Read by a daemon thread: a thread of
+        asyncio's own pool would hold up a stop (Ctrl-C, SIGTERM) until the next line came."""
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def read() -> None:
+            try:
+                for line in iter(self.stdin.readline, ""):
+                    loop.call_soon_threadsafe(lines.put_nowait, line)
+                loop.call_soon_threadsafe(lines.put_nowait, None)
+            except RuntimeError:
+                pass  # the bot stopped (its loop is closed) while input was still coming
+
+        threading.Thread(target=read, name="console-stdin", daemon=True).start()
+        return lines
 
     async def command(self, line: str) -> None:
         try:
