@@ -34,6 +34,8 @@ DEFAULT_VARY_STRENGTH = 0.6
 DEFAULT_INPAINT_STRENGTH = 1.0
 # Training runs this long between generation batches: users wait at most about this much more.
 TRAIN_SLICE_SECONDS = 0.5
+SAFETY_REFUSAL = ("The model's own safety checker flagged this picture, so it was not kept. "
+                  "Please try another prompt.")
 Control = protocol.UseVersion | protocol.Train | protocol.CancelTrain
 
 
@@ -203,6 +205,9 @@ class Engine:
         for (plan, index), image in zip(batch, images, strict=True):
             if plan.cancelled or plan.job.job_id not in self.plans:
                 continue
+            if image is None:
+                self.fail(plan, SAFETY_REFUSAL)
+                continue
             try:
                 self.save(plan, index, image)
             except OSError as error:
@@ -233,7 +238,8 @@ class Engine:
         self.slots = deque(slot for slot in self.slots if slot[0] is not plan)
         self.send(protocol.Failed(plan.job.job_id, error, "failed"))
 
-    def generate(self, batch: list[Slot]) -> list[Image.Image]:
+    def generate(self, batch: list[Slot]) -> list[Image.Image | None]:
+        """The batch's images; None for one the model's own safety checker flagged."""
         plan = batch[0][0]
         jobs = [p.job for p, _ in batch]
         arguments = dict(
@@ -259,14 +265,16 @@ class Engine:
                 arguments["mask_image"] = [_open_mask(job.mask_image, size) for job in jobs]
                 arguments.update(width=plan.width, height=plan.height)
         with torch.inference_mode():
-            images = pipe(**arguments).images
+            output = pipe(**arguments)
+        images = output.images
+        flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(images)
         if kind == "inpaint":
             # The VAE round trip shifts every pixel a little; outside the mask the user asked
             # for no change at all, so the original is pasted back there.
             images = [pipe.image_processor.apply_overlay(mask, source, image) for
                       mask, source, image in zip(arguments["mask_image"], arguments["image"],
                                                  images, strict=True)]
-        return images
+        return [None if bad else image for image, bad in zip(images, flagged, strict=True)]
 
     def step_callback(self, batch: list[Slot]) -> Callable:
         plans = list({id(plan): plan for plan, _ in batch}.values())

@@ -171,3 +171,32 @@ def test_an_unwritable_images_folder_fails_the_job_clearly_and_the_engine_goes_o
     assert failed.job_id == 1 and "could not be saved" in failed.error
     (tmp_path / "out").unlink()
     assert 2 in harness.run(protocol.Job(2, "txt2img", "a blue circle", seed=2, steps=3))
+
+
+class FlagFirstImage:
+    """The real pipeline, as if its safety checker flagged the first image of each call."""
+
+    def __init__(self, pipe) -> None:
+        self.pipe = pipe
+
+    def __getattr__(self, name: str):
+        return getattr(self.pipe, name)
+
+    def __call__(self, **arguments):
+        output = self.pipe(**arguments)
+        output.nsfw_content_detected = [i == 0 for i in range(len(output.images))]
+        return output
+
+
+def test_an_image_the_models_safety_checker_flags_is_refused_with_a_reason(pipelines, tmp_path):
+    real = pipelines.text2img
+    pipelines.text2img = FlagFirstImage(real)
+    try:
+        harness = Harness(pipelines, tmp_path, max_batch=4)
+        results = harness.run(protocol.Job(1, "txt2img", "a red circle", seed=1, steps=3),
+                              protocol.Job(2, "txt2img", "a blue circle", seed=2, steps=3))
+    finally:
+        pipelines.text2img = real
+    [failed] = harness.of_type(protocol.Failed)
+    assert failed.job_id == 1 and "safety checker flagged" in failed.error
+    assert list(results) == [2]
