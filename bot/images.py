@@ -1,8 +1,9 @@
 """Checking images that users send, before anything else touches them.
 
 Sizes are checked from the header before a pixel is decoded, so a decompression bomb is refused
-cheaply. Accepted images are normalised (EXIF rotation applied, first frame only, RGB) and
-written as PNG under a generated name, so the engine only ever opens files the bot wrote.
+cheaply. Accepted images are normalised (EXIF rotation applied, first frame only, 16 bits
+scaled to 8, RGB) and written as PNG under a generated name, so the engine only ever opens
+files the bot wrote.
 """
 
 from __future__ import annotations
@@ -56,7 +57,15 @@ def open_image(data: bytes, limits: ImageLimits, what: str = "image") -> Image.I
                          "pixels in all.") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"The {what} looks damaged and could not be read ({error}).") from None
-    return ImageOps.exif_transpose(image)
+    return _eight_bit(ImageOps.exif_transpose(image))
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit greyscale (a 16-bit PNG opens as I;16 or I) scaled to 8 bits: Pillow's own
+    conversion to L or RGB clips every value above 255, which turns the picture white."""
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        return image.convert("I").point(lambda value: value * (1 / 256)).convert("L")
+    return image
 
 
 def split_image_and_mask(image: Image.Image, mask: Image.Image | None) -> tuple[Image.Image,
