@@ -99,8 +99,10 @@ class CanvasClient(discord.Client):
         # Imported here: those modules use this client, and this keeps the import order plain.
         from bot.adapters.discord_buttons import BUTTONS
         from bot.adapters.discord_commands import add_commands
+        from bot.adapters.discord_flow import on_app_command_error
 
         add_commands(self.tree)
+        self.tree.error(on_app_command_error)
         self.add_dynamic_items(*BUTTONS)
         self.synced = await sync_if_changed(self)
 

@@ -58,6 +58,25 @@ def origin_of(interaction: discord.Interaction, message_id: int | None) -> dict[
     }
 
 
+async def on_app_command_error(interaction: discord.Interaction,
+                               error: discord.app_commands.AppCommandError) -> None:
+    """The command tree's error handler: an option value discord.py could not convert (a choice
+    that is not on the list, from a forged or stale interaction) is refused like any bad value;
+    anything else is our fault. Without this the user would get no answer at all."""
+    if isinstance(error, discord.app_commands.TransformerError):
+        value = str(error.value)
+        value = value if len(value) <= 40 else value[:39] + "…"
+        text = (f"I can't use {value!r} for that option; please pick one of the choices "
+                "Discord offers.")
+    else:
+        log.error("discord: command failed", exc_info=error)
+        text = "Sorry, something went wrong on my side. Please try again in a moment."
+    try:
+        await refuse(interaction, text)
+    except discord.HTTPException as failure:
+        log.warning("could not answer a failed command (%s)", failure.status)
+
+
 async def refuse(interaction: discord.Interaction, text: str) -> None:
     """A user-fixable problem, shown only to the user, as the first response or a follow-up."""
     if interaction.response.is_done():
