@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,28 @@ def job_row(db: Path, job_id: int) -> sqlite3.Row:
     with contextlib.closing(sqlite3.connect(db)) as connection:
         connection.row_factory = sqlite3.Row
         return connection.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+
+
+def job_statuses(db: Path) -> dict[int, tuple[str, bool]]:
+    """Every job's status and whether it was delivered, as the SQLite file says now."""
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        rows = connection.execute(
+            "SELECT id, status, delivered_at IS NOT NULL FROM jobs").fetchall()
+    return {job: (status, bool(delivered)) for job, status, delivered in rows}
+
+
+async def start_bot_process(config: Path) -> asyncio.subprocess.Process:
+    """`canvas run` as its own process, as an operator starts it."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "run", "--config", str(config),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
+
+async def until(condition: Callable[[], Any], timeout: float = 120) -> None:
+    """Poll: for a bot in another process there is no event of its to wait on."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
 
 
 def write_config(folder: Path, **sections: dict[str, Any]) -> Path:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from tests.conftest import run_console, write_config
+from tests.conftest import job_statuses, run_console, write_config
 
 SLOW = "--steps 60"  # about a second each on this CPU
 
@@ -58,12 +58,6 @@ def gone(pid: int, timeout: float = 20) -> bool:
     return False
 
 
-def statuses(config: Path) -> dict[int, tuple[str, bool]]:
-    with sqlite3.connect(config.parent / "canvas.db") as db:
-        rows = db.execute("SELECT id, status, delivered_at IS NOT NULL FROM jobs").fetchall()
-    return {job: (status, delivered) for job, status, delivered in rows}
-
-
 def images_by_job(records: list[dict]) -> dict[int, int]:
     counts: dict[int, int] = {}
     for record in records:
@@ -75,13 +69,14 @@ def images_by_job(records: list[dict]) -> dict[int, int]:
 def test_sigkill_with_jobs_waiting_and_running_loses_nothing_and_sends_nothing_twice(tmp_path):
     config = write_config(tmp_path, limits={"max_waiting_per_user": 10},
                           engine={"max_batch": 1})
+    db = config.parent / "canvas.db"
     commands = [f"/imagine a red circle {SLOW} --seed {seed}" for seed in range(4)]
     bot = start_console(config, commands)
     before = read_until(bot.stdout, "image")
     # Kill once job 1's delivery is on record. (Killed between a chat's answer and that
     # record, a job would be delivered again at the next start: at least once, never lost.)
     deadline = time.monotonic() + 30
-    while statuses(config)[1] != ("done", True) and time.monotonic() < deadline:
+    while job_statuses(db)[1] != ("done", True) and time.monotonic() < deadline:
         time.sleep(0.02)
     [engine] = children(bot.pid)
     bot.kill()
@@ -89,27 +84,28 @@ def test_sigkill_with_jobs_waiting_and_running_loses_nothing_and_sends_nothing_t
     assert gone(engine), "the engine outlived the bot it served"
     first = images_by_job(before)
     assert 0 < len(first) < 4
-    assert any(status in ("queued", "running") for status, _ in statuses(config).values())
+    assert any(status in ("queued", "running") for status, _ in job_statuses(db).values())
 
     after = run_console(config, [])  # the same bot started again, with nothing new to do
     assert after.returncode == 0, after.stderr
     second = images_by_job(after.records)
     assert set(first) | set(second) == {1, 2, 3, 4}
     assert not set(first) & set(second), "a job was delivered twice"
-    assert statuses(config) == {job: ("done", True) for job in (1, 2, 3, 4)}
+    assert job_statuses(db) == {job: ("done", True) for job in (1, 2, 3, 4)}
 
 
 def test_sigterm_stops_cleanly_and_the_next_start_finishes_the_work(tmp_path):
     config = write_config(tmp_path, limits={"max_waiting_per_user": 10})
+    db = config.parent / "canvas.db"
     bot = start_console(config, [f"/imagine a blue square {SLOW} --seed {s}" for s in range(3)])
     read_until(bot.stdout, "progress")
     bot.send_signal(signal.SIGTERM)
     assert bot.wait(timeout=30) == 0
-    left = statuses(config)
+    left = job_statuses(db)
     assert all(status in ("queued", "running", "done") for status, _ in left.values())
-    with sqlite3.connect(config.parent / "canvas.db") as db:
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
     after = run_console(config, [])
     assert after.returncode == 0, after.stderr
-    assert statuses(config) == {job: ("done", True) for job in (1, 2, 3)}
+    assert job_statuses(db) == {job: ("done", True) for job in (1, 2, 3)}
