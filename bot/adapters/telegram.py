@@ -287,6 +287,11 @@ class TelegramAdapter:
         if button is None or message is None:
             await _answer(query, "Sorry, I don't know that button. Try /help.")
             return
+        if not _on_keyboard(message, query.data):
+            # Telegram passes on whatever data a client sends: a press counts only for a
+            # button the message really has, so nobody can act on images by forged ids.
+            await _answer(query, "Sorry, that is not one of this message's buttons.")
+            return
         user = User(PLATFORM, str(query.from_user.id), query.from_user.full_name)
         if button.action == "rate":
             reply = await self.service.handle(user, cmd.Rate(button.image_id, button.score or 0))
@@ -399,6 +404,12 @@ class TelegramAdapter:
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         log.error("telegram: error while handling an update: %s", context.error,
                   exc_info=context.error)
+
+
+def _on_keyboard(message: Message, data: object) -> bool:
+    markup = message.reply_markup
+    return markup is not None and any(button.callback_data == data
+                                      for row in markup.inline_keyboard for button in row)
 
 
 def _user(message: Message) -> User:
