@@ -424,6 +424,24 @@ async def test_changed_commands_are_synced_again_at_the_next_start(world: World)
         world.settings = original
         await world.start_bot()
 
+async def test_a_forged_button_is_refused(world: World):
+    """A crafted press naming an image the message does not show: discord.py drops a press
+    whose custom_id is not on its message before any of our code runs, so nothing happens
+    (the client says the interaction failed)."""
+    message = await first_result(world)
+    other = int(message.custom_ids[0].split(":")[2]) + 1  # another image, not on this message
+    jobs_before = len(world.db("SELECT id FROM jobs"))
+    ratings_before = world.db("SELECT * FROM ratings")
+    forged = [await world.fake.press(message, custom_id, BOB, forged=True)
+              for custom_id in (f"mc:vary:{other}", f"mc:reroll:{other}",
+                                f"mc:rate:{other}:5")]
+    genuine = await world.fake.press(message, message.custom_ids[-1], BOB)  # then a real one
+    await world.answer(genuine)
+    assert [interaction.callback for interaction in forged] == [None, None, None]
+    assert len(world.db("SELECT id FROM jobs")) == jobs_before
+    assert world.db("SELECT * FROM ratings WHERE image_id = ?", other) == [
+        row for row in ratings_before if row["image_id"] == other]
+
 async def test_no_token_reaches_the_logs(world: World):
     text = "\n".join(world.logs.lines)
     assert "discord.http" in text or "webhook" in text.lower()  # the debug logs were on
