@@ -238,7 +238,9 @@ class TelegramAdapter:
             return
         reply = await self.service.handle(_user(message), request, image=image, mask=mask,
                                           origin=origin)
-        await self._set_status(status, reply.text)
+        # A queued job can be done and its status message removed before this edit gets its
+        # turn (all calls wait in the rate limiter): then "Queued" must not follow the picture.
+        await self._set_status(status, reply.text, resend=not reply.queued)
 
     async def _vary_source(self, message: Message, parts: list[Message],
                            request: cmd.Vary) -> tuple[cmd.Vary, Attachment | None]:
@@ -381,13 +383,17 @@ class TelegramAdapter:
     async def _edit_text(self, chat_id: int, message_id: int, text: str) -> object:
         return await self.bot.edit_message_text(text, chat_id, message_id)
 
-    async def _set_status(self, status: Message, text: str) -> None:
-        """Edit a status message to the immediate reply; if that fails, say it anew."""
+    async def _set_status(self, status: Message, text: str, resend: bool = True) -> None:
+        """Edit a status message to the immediate reply; if that fails, say it anew (unless
+        `resend` is off and the message is gone)."""
         self.status.reserve(status.chat_id)
         try:
             await status.edit_text(text)
         except BadRequest as error:
             if "not modified" in error.message:
+                return
+            if not resend and "not found" in error.message:
+                log.info("status not edited (%s); the job's outcome follows", error)
                 return
             log.info("status not edited (%s); replying instead", error)
             await self.bot.send_message(status.chat_id, text)
