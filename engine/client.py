@@ -65,8 +65,9 @@ class EngineClient:
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task | None = None
         self._feeder: asyncio.Task | None = None
-        # The engine may hold two batches' worth: one running, one ready to batch next.
-        self._credit = asyncio.Semaphore(2 * options.max_batch)
+        # The engine holds one batch's worth: enough to fill a batch, few enough that the fair
+        # queue, not the engine's arrival order, decides who goes next.
+        self._credit = asyncio.Semaphore(options.max_batch)
 
     async def start(self) -> protocol.Ready:
         opts = self.options
@@ -108,7 +109,7 @@ class EngineClient:
         if self._feeder:
             self._feeder.cancel()
         self.in_flight.clear()
-        self._credit = asyncio.Semaphore(2 * self.options.max_batch)
+        self._credit = asyncio.Semaphore(self.options.max_batch)
         return await self.start()
 
     async def submit(self, job: protocol.Job) -> None:

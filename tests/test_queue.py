@@ -131,28 +131,29 @@ async def test_queue_positions_follow_the_fair_order(tmp_path):
     """Through the service: a group, a private chat, and an admin whose jobs jump the queue."""
     group, bob, carol = {"chat_id": -100}, {"chat_id": 1002}, {"chat_id": -100}
     async with Bot(tmp_path, max_waiting_per_user=4, admin_priority=True) as bot:
-        # Alice's first two jobs go to the engine (max_batch 1 holds two); the first is long
-        # enough to still be running when the test ends.
+        # Alice's first job goes to the engine (max_batch 1: it holds one); it is long enough
+        # to still be running when the test ends.
         alice = [await bot.service.handle(ALICE, cmd.parse(f"/imagine a red circle {SLOW} --n 4"),
                                           origin=group)]
         alice += [await bot.service.handle(ALICE, cmd.parse(f"/imagine circle {i} {SLOW}"),
                                            origin=group) for i in range(3)]
         await bot.recorder.wait_started(alice[0].job_id)
-        assert bot.service.queue.waiting() == [alice[2].job_id, alice[3].job_id]
+        assert bot.service.queue.waiting() == [job.job_id for job in alice[1:]]
 
         b1 = await bot.service.handle(User("test", "1002", "bob"), cmd.parse("/imagine a square"),
                                       origin=bob)
-        assert b1.position == 4  # after Alice's next one, not after all of hers
+        assert b1.position == 3  # after Alice's next one, not after all of hers
         c1 = await bot.service.handle(User("test", "1003", "carol"), cmd.parse("/imagine a square"),
                                       origin=carol)
-        assert c1.position == 5  # Carol's turn in the group comes before Alice's last
+        assert c1.position == 4  # Carol's turn in the group comes before Alice's others
         admin = await bot.say(bot.console, "/imagine a triangle")
-        assert admin.position == 3  # admin_priority: first among the waiting
+        assert admin.position == 2  # admin_priority: first among the waiting
 
         text = (await bot.say(ALICE, "/queue")).text
-        assert f"job #{alice[2].job_id}: waiting, position 4" in text
+        assert f"job #{alice[1].job_id}: waiting, position 3" in text
+        assert f"job #{alice[2].job_id}: waiting, position 6" in text
         assert f"job #{alice[3].job_id}: waiting, position 7" in text
         assert "7 job(s) in the queue in all" in text
-        assert bot.service.position(b1.job_id) == 5
-        assert bot.service.position(c1.job_id) == 6
+        assert bot.service.position(b1.job_id) == 4
+        assert bot.service.position(c1.job_id) == 5
 
