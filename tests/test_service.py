@@ -235,3 +235,26 @@ async def test_a_failure_on_our_side_gets_a_polite_reply_and_the_bot_goes_on(tmp
         after = await bot.say(BOB, "/imagine a blue square --steps 2")
         await bot.recorder.wait(after.job_id)
         assert len(bot.recorder.images[after.job_id]) == 1
+
+
+async def test_a_job_that_kills_the_engine_twice_fails_clearly_and_the_bot_goes_on(tmp_path):
+    async with Bot(tmp_path) as bot:
+        job = await bot.say(ALICE, f"/imagine a red circle {SLOW}")
+        for _ in range(2):  # the job is running; its engine dies, twice
+            for _ in range(600):
+                if bot.row(job.job_id)["status"] == "running":
+                    break
+                await asyncio.sleep(0.05)
+            process = bot.service.engine._process
+            os.kill(process.pid, signal.SIGKILL)
+            for _ in range(600):
+                replaced = bot.service.engine._process is not process
+                if replaced or job.job_id in bot.recorder.failures:
+                    break
+                await asyncio.sleep(0.05)
+        row = await bot.delivered_row(job.job_id, timeout=60)
+        assert row["status"] == "failed"
+        assert "stopped twice" in bot.recorder.failures[job.job_id]
+        after = await bot.say(BOB, "/imagine a blue square --steps 2")
+        await bot.recorder.wait(after.job_id, timeout=60)
+        assert len(bot.recorder.images[after.job_id]) == 1
