@@ -326,6 +326,14 @@ class Service:
             return await self._admit(new)
 
     async def _admit(self, new: NewJob) -> Reply:
+        key = new.origin.get("request_key")
+        if key and (earlier := await self.store.job_for_request(key)) is not None:
+            # The platform sent the same request again (Telegram re-sends updates a bot that
+            # died had not confirmed): answer with the job it already made, make no other.
+            position = self.position(earlier.id)
+            state = f"position {position}" if position else earlier.status
+            return Reply(f"Already on it: that is job #{earlier.id} ({state}).",
+                         job_id=earlier.id, position=position)
         limits = self.settings.limits
         waiting_for_user = sum(1 for user, _ in self._active.values() if user == new.user_id)
         if waiting_for_user >= limits.max_waiting_per_user:

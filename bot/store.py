@@ -77,6 +77,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX jobs_by_status ON jobs(status);
     CREATE INDEX jobs_by_user ON jobs(user_id, id);
+    CREATE INDEX jobs_by_request ON jobs(json_extract(origin, '$.request_key'));
     CREATE TABLE images (
         id INTEGER PRIMARY KEY,
         job_id INTEGER NOT NULL REFERENCES jobs(id),
@@ -284,6 +285,12 @@ class Store:
         )
         await self._db.commit()
         return cursor.lastrowid
+
+    async def job_for_request(self, request_key: str) -> JobRow | None:
+        """The job an adapter's request (a chat message, a button press) already made."""
+        rows = await self._jobs("json_extract(jobs.origin, '$.request_key') = ? LIMIT 1",
+                                (request_key,))
+        return rows[0] if rows else None
 
     async def get_job(self, job_id: int) -> JobRow | None:
         async with self._db.execute(f"{_JOB_SELECT} WHERE jobs.id = ?", (job_id,)) as cursor:

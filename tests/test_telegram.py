@@ -4,6 +4,7 @@ on the bundled model, and each test checks what a Telegram user would see."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
@@ -405,6 +406,28 @@ async def test_retraining_news_reaches_the_admins_chat(canvas: Canvas) -> None:
     assert int(news.params["chat_id"]) == 42
     back = await canvas.say("/model use base", user=tg.ADMIN, chat=admin_chat)
     assert "Now using base" in (await canvas.reply_to(back))["text"]
+
+
+async def test_a_command_telegram_sends_again_runs_once(canvas: Canvas) -> None:
+    """Telegram re-sends updates a bot did not confirm before it died: the same message again
+    must not make a second job."""
+    update = tg.message(f"/imagine a green square {FAST} --seed 77")
+    await canvas.fake.push(update)
+    sent = update["message"]
+    await canvas.photo_for(sent)
+    start = len(canvas.fake.calls)
+    await canvas.fake.push(update)  # the same message, in a new update
+    status = await canvas.fake.wait_for(
+        "editMessageText", lambda c: "Already on it" in str(c.get("text")), after=start)
+    assert "job #" in status["text"]
+    await asyncio.sleep(1)
+    photos = [c for c in canvas.fake.calls
+              if c.method == "sendPhoto" and _replied_to(c) == sent["message_id"]]
+    assert len(photos) == 1
+    key = f"telegram:{sent['chat']['id']}:{sent['message_id']}"
+    [row] = canvas.store_rows(
+        f"SELECT id FROM jobs WHERE json_extract(origin, '$.request_key') = '{key}'")
+    assert row
 
 # ---- bad files ---------------------------------------------------------------------------
 

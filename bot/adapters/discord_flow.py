@@ -50,6 +50,7 @@ def origin_of(interaction: discord.Interaction, message_id: int | None) -> dict[
         "application_id": str(interaction.application_id),
         "token": interaction.token,
         "interaction_id": str(interaction.id),
+        "request_key": f"discord:{interaction.id}",
         "message_id": str(message_id) if message_id else None,
         "channel_id": str(interaction.channel_id) if interaction.channel_id else None,
         "guild_id": str(interaction.guild_id) if interaction.guild_id else None,

@@ -302,7 +302,7 @@ class TelegramAdapter:
                 await self._mark_score(message, button.image_id, button.score or 0)
             return
         status = await message.reply_text(f"{user.name}: {WORKING}", do_quote=True)
-        origin = _origin(message, status)
+        origin = _origin(message, status, request_key=f"telegram:press:{query.id}")
         if button.action == "vary":
             reply = await self.service.handle(user, cmd.Vary(image_id=button.image_id),
                                               origin=origin)
@@ -424,9 +424,13 @@ def _user(message: Message) -> User:
     return User(PLATFORM, str(tg_user.id), tg_user.full_name)
 
 
-def _origin(message: Message, status: Message | None) -> dict[str, Any]:
+def _origin(message: Message, status: Message | None,
+            request_key: str | None = None) -> dict[str, Any]:
+    """Where a job's outcome goes. `request_key` names the request (by default the user's
+    message) so a command Telegram sends again is not run twice."""
     return {"chat_id": message.chat_id, "status_id": status.message_id if status else None,
             "message_id": message.message_id,
+            "request_key": request_key or f"telegram:{message.chat_id}:{message.message_id}",
             "thread_id": message.message_thread_id if message.is_topic_message else None}
 
 
