@@ -65,10 +65,11 @@ class Experiment:
     collector: Collector
 
     @classmethod
-    async def start(cls, folder: Path, model: str = "bundled:shapes") -> Experiment:
+    async def start(cls, folder: Path, model: str = "bundled:shapes",
+                    max_batch: int = 4) -> Experiment:
         config = folder / "config.yaml"
         config.write_text(yaml.safe_dump({
-            "engine": {"model": model, "max_batch": 4},
+            "engine": {"model": model, "max_batch": max_batch},
             "storage": {"db": "canvas.db", "images": "images"},
             "limits": {"max_waiting_per_user": 10_000, "max_queue": 10_000}}))
         settings = load_settings(config)
