@@ -17,6 +17,8 @@ from diffusers import (
     DiffusionPipeline,
 )
 
+from engine.random_models import RANDOM_MODELS
+from engine.random_models import build as build_random
 from engine.shapes import MODEL_DIR as SHAPES_DIR
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,8 @@ class Pipelines:
 
 
 def resolve_model(spec: str) -> str:
-    """`bundled:NAME`, a local diffusers folder, or a hub id, as a from_pretrained argument."""
+    """`bundled:NAME`, a local diffusers folder, or a hub id, as a from_pretrained argument
+    (`random:sd15` and `random:sdxl` are built, not loaded)."""
     if spec in BUNDLED:
         return str(BUNDLED[spec])
     if spec.startswith("bundled:"):
@@ -85,7 +88,10 @@ def load(spec: str, device_setting: str = "auto", dtype_setting: str = "auto") -
     device = pick_device(device_setting)
     dtype = pick_dtype(dtype_setting, device)
     log.info("loading %s on %s (%s)", spec, device, dtype)
-    text2img = AutoPipelineForText2Image.from_pretrained(source, dtype=dtype)
+    if spec in RANDOM_MODELS:
+        text2img = build_random(spec, dtype)
+    else:
+        text2img = AutoPipelineForText2Image.from_pretrained(source, dtype=dtype)
     text2img.to(device)
     # from_pipe shares the loaded modules: three pipelines, one copy of the weights.
     img2img = AutoPipelineForImage2Image.from_pipe(text2img)
