@@ -21,7 +21,7 @@ log = logging.getLogger("canvas")
 def build_service(settings: Settings, store: Store) -> Service:
     engine = settings.engine
     options = EngineOptions(engine.model, engine.device, engine.dtype, engine.max_batch,
-                            settings.storage.images)
+                            settings.storage.images, engine.compile)
     return Service(settings, store, EngineClient(options))
 
 

@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--max-batch", type=int, default=4)
     parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the UNet and the VAE decoder, warmed up at start")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch; 0: one less than the machine's cores")
     args = parser.parse_args()
@@ -72,7 +74,7 @@ def main() -> None:
     transformers_logging.disable_progress_bar()
 
     try:
-        pipelines = load(args.model, args.device, args.dtype)
+        pipelines = load(args.model, args.device, args.dtype, compile_models=args.compile)
     except Exception as error:
         logging.getLogger("engine").exception("could not load %s", args.model)
         send(protocol.Fatal(f"Could not load the model {args.model}: {error}"))

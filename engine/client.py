@@ -52,6 +52,7 @@ class EngineOptions:
     dtype: str
     max_batch: int
     images: Path
+    compile: bool = False
 
 
 class EngineClient:
@@ -74,6 +75,7 @@ class EngineClient:
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "engine", "--model", opts.model, "--device", opts.device,
             "--dtype", opts.dtype, "--max-batch", str(opts.max_batch), "--images", str(opts.images),
+            *(["--compile"] if opts.compile else []),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             env=os.environ.copy(), limit=1 << 20,
         )
