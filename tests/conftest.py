@@ -18,7 +18,7 @@ import sqlite3
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,20 @@ class LogLines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
+
+
+@contextlib.contextmanager
+def capture_logs() -> Iterator[LogLines]:
+    """Every log line of every logger, DEBUG included, while the block runs."""
+    lines, root = LogLines(), logging.getLogger()
+    old_level = root.level
+    root.addHandler(lines)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield lines
+    finally:
+        root.removeHandler(lines)
+        root.setLevel(old_level)
 
 
 class Recorder:

@@ -364,6 +364,12 @@ def message(text: str | None = None, *, user: dict = ALICE, chat: dict = PRIVATE
     return {"message": body}
 
 
+def replied_to(call: Call) -> int | None:
+    """The id of the message a call (sendPhoto, sendMessage ...) replied to, if any."""
+    parameters = call.get("reply_parameters")
+    return parameters.get("message_id") if isinstance(parameters, dict) else None
+
+
 def button_press(sent: dict[str, Any], data: str, *, user: dict = ALICE) -> dict[str, Any]:
     """A callback query update: `user` pressed the button with `data` under message `sent`."""
     return {"callback_query": {"id": f"cb{next(_message_ids)}", "from": user,

@@ -181,7 +181,7 @@ class TelegramBot:
     def texts(self, sent: dict[str, Any]) -> list[str]:
         """Every text the bot showed in answer to `sent`: replies and their edits."""
         replies = [c for c in self.fake.calls if c.method == "sendMessage" and c.result
-                   and _replied_to(c) == sent["message_id"]]
+                   and tg.replied_to(c) == sent["message_id"]]
         ids = {c.result["message_id"] for c in replies}
         edits = [c for c in self.fake.calls if c.method == "editMessageText"
                  and c.get("message_id") in ids]
@@ -198,15 +198,11 @@ class TelegramBot:
     async def image(self, sent: dict[str, Any]) -> int:
         """The id of the image the bot sent in answer to `sent`."""
         call = await self.fake.wait_for(
-            "sendPhoto", lambda c: _replied_to(c) == sent["message_id"] and c.result,
+            "sendPhoto", lambda c: tg.replied_to(c) == sent["message_id"] and c.result,
             timeout=60)
         Image.open(io.BytesIO(call.upload("photo"))).verify()
         return int(str(call["caption"]).rsplit("image #", 1)[1])
 
-
-def _replied_to(call: tg.Call) -> int | None:
-    parameters = call.get("reply_parameters")
-    return parameters.get("message_id") if isinstance(parameters, dict) else None
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -265,7 +261,7 @@ async def test_telegram_answers_every_hostile_message_and_goes_on(telegram: Tele
         else:
             await telegram.refusal(message, item.refused)
             assert not [c for c in fake.called("sendPhoto")
-                        if _replied_to(c) == message["message_id"]], item.name
+                        if tg.replied_to(c) == message["message_id"]], item.name
 
     final = await telegram.say(f"/imagine {hostile.FINAL_PROMPT} --steps {hostile.STEPS}",
                                user=tg.BOB, chat={**tg.PRIVATE, "id": tg.BOB["id"]})

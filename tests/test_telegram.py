@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import logging
 import re
 import sqlite3
 from collections.abc import AsyncIterator
@@ -26,7 +25,7 @@ from bot.service import Service
 from bot.store import Store
 from engine.shapes import checker
 from tests import fake_telegram as tg
-from tests.conftest import LogLines, job_row, write_config
+from tests.conftest import LogLines, capture_logs, job_row, write_config
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -61,12 +60,12 @@ class Canvas:
                        **wait: Any) -> tg.Call:
         """The bot's answer (a reply) to the user's message `sent`."""
         return await self.fake.wait_for(
-            method, lambda call: _replied_to(call) == sent["message_id"], **wait)
+            method, lambda call: tg.replied_to(call) == sent["message_id"], **wait)
 
     async def photo_for(self, sent: dict[str, Any]) -> tuple[tg.Call, dict[str, Any]]:
         """The sendPhoto answering `sent`, and the message the fake made of it."""
         call = await self.fake.wait_for(
-            "sendPhoto", lambda c: _replied_to(c) == sent["message_id"] and c.result)
+            "sendPhoto", lambda c: tg.replied_to(c) == sent["message_id"] and c.result)
         return call, call.result
 
     def job(self, job_id: int) -> sqlite3.Row:
@@ -75,10 +74,6 @@ class Canvas:
     def image_id(self, call: tg.Call) -> int:
         return int(str(call["caption"]).rsplit("image #", 1)[1])
 
-
-def _replied_to(call: tg.Call) -> int | None:
-    parameters = call.get("reply_parameters")
-    return parameters.get("message_id") if isinstance(parameters, dict) else None
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -91,26 +86,20 @@ async def canvas(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Canv
         admins={"telegram": [tg.ADMIN["id"]]},
         limits={"max_image_bytes": MAX_IMAGE_BYTES, "max_image_pixels": MAX_IMAGE_PIXELS})
     settings = load_settings(config)
-    logs = LogLines()
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(logs)
-    root.setLevel(logging.DEBUG)
-    store = await Store.open(settings.storage.db)
-    service = build_service(settings, store)
-    adapter = _adapter(service, settings)
-    await adapter.start()
-    await service.start()
-    canvas = Canvas(fake, adapter, service, store, settings, logs)
-    try:
-        yield canvas
-    finally:
-        await canvas.adapter.stop()
-        await service.stop()
-        await store.close()
-        await fake.stop()
-        root.removeHandler(logs)
-        root.setLevel(old_level)
+    with capture_logs() as logs:
+        store = await Store.open(settings.storage.db)
+        service = build_service(settings, store)
+        adapter = _adapter(service, settings)
+        await adapter.start()
+        await service.start()
+        canvas = Canvas(fake, adapter, service, store, settings, logs)
+        try:
+            yield canvas
+        finally:
+            await canvas.adapter.stop()
+            await service.stop()
+            await store.close()
+            await fake.stop()
 
 
 def _adapter(service: Service, settings: Settings) -> TelegramAdapter:
@@ -214,12 +203,12 @@ async def test_the_photo_shows_what_the_prompt_asked_for(canvas: Canvas) -> None
 async def test_n_2_sends_an_album_with_a_keyboard_for_each_picture(canvas: Canvas) -> None:
     sent = await canvas.say(f"/imagine a green square --n 2 {FAST}")
     album = await canvas.fake.wait_for(
-        "sendMediaGroup", lambda c: _replied_to(c) == sent["message_id"] and c.result)
+        "sendMediaGroup", lambda c: tg.replied_to(c) == sent["message_id"] and c.result)
     assert len(album["media"]) == 2
     for item in album["media"]:
         Image.open(io.BytesIO(album.upload(item["media"]))).verify()
     keyboard = await canvas.fake.wait_for("sendMessage", lambda c: "reply_markup" in c.params
-                                          and _replied_to(c) == sent["message_id"])
+                                          and tg.replied_to(c) == sent["message_id"])
     rows = keyboard["reply_markup"]["inline_keyboard"]
     assert len(rows) == 3 and rows[-1][0]["callback_data"].startswith("r:")
 
@@ -230,7 +219,7 @@ async def test_a_command_for_another_bot_is_ignored_and_a_bad_one_explained(
     bad = await canvas.say("/imagine a cat --seed lots")
     answer = await canvas.reply_to(bad)
     assert "seed must be a whole number" in answer["text"]
-    assert not [c for c in canvas.fake.calls if _replied_to(c) == other["message_id"]]
+    assert not [c for c in canvas.fake.calls if tg.replied_to(c) == other["message_id"]]
 
 
 async def picture(canvas: Canvas, prompt: str = "a red square") -> tuple[dict[str, Any], int]:
@@ -352,7 +341,7 @@ async def test_buttons_sent_before_a_restart_still_work(canvas: Canvas) -> None:
     start = len(canvas.fake.calls)
     await canvas.fake.push(tg.button_press(photo_message, f"r:{image_id}"))
     rerolled = await canvas.fake.wait_for(
-        "sendPhoto", lambda c: _replied_to(c) == photo_message["message_id"], after=start)
+        "sendPhoto", lambda c: tg.replied_to(c) == photo_message["message_id"], after=start)
     await canvas.fake.push(tg.button_press(photo_message, f"s:{image_id}:3", user=tg.BOB))
     await canvas.fake.wait_for("editMessageReplyMarkup", after=start)
     bob = await canvas.store.ensure_user("telegram", str(tg.BOB["id"]))
@@ -367,7 +356,7 @@ async def test_a_429_on_send_photo_is_waited_out(canvas: Canvas) -> None:
     canvas.fake.fail_next("sendPhoto", 429, retry_after=1)
     sent = await canvas.say(f"/imagine a purple square {FAST}")
     call, _ = await canvas.photo_for(sent)
-    tries = [c for c in canvas.fake.called("sendPhoto") if _replied_to(c) == sent["message_id"]]
+    tries = [c for c in canvas.fake.called("sendPhoto") if tg.replied_to(c) == sent["message_id"]]
     assert [c.error is not None for c in tries] == [True, False]
     assert tries[1].at - tries[0].at >= 1.0
 
@@ -422,7 +411,7 @@ async def test_a_command_telegram_sends_again_runs_once(canvas: Canvas) -> None:
     assert "job #" in status["text"]
     await asyncio.sleep(1)
     photos = [c for c in canvas.fake.calls
-              if c.method == "sendPhoto" and _replied_to(c) == sent["message_id"]]
+              if c.method == "sendPhoto" and tg.replied_to(c) == sent["message_id"]]
     assert len(photos) == 1
     key = f"telegram:{sent['chat']['id']}:{sent['message_id']}"
     [row] = canvas.store_rows(

@@ -7,7 +7,6 @@ import asyncio
 
 from tests import fake_telegram as tg
 from tests.conftest import job_statuses, start_bot_process, until, write_config
-from tests.test_telegram import _replied_to
 
 SLOW = "--steps 60"  # about a second each on this CPU
 
@@ -35,7 +34,7 @@ async def test_sigkill_on_telegram_loses_no_job_and_sends_no_photo_twice(tmp_pat
         await until(lambda: len(photos()) >= 4)
         await until(lambda: all(d for _, d in job_statuses(db).values()))
         await asyncio.sleep(1)  # time for a duplicate to show up, if there were one
-        answered = sorted(_replied_to(call) for call in photos())
+        answered = sorted(tg.replied_to(call) for call in photos())
         assert answered == sorted(message["message"]["message_id"] for message in asked)
         assert job_statuses(db) == {job: ("done", True) for job in (1, 2, 3, 4)}
     finally:

@@ -4,7 +4,6 @@ post updates to it as Telegram would, with and without the secret token."""
 
 from __future__ import annotations
 
-import logging
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from bot.config import Settings, load_settings
 from bot.service import Service
 from bot.store import Store
 from tests import fake_telegram as tg
-from tests.conftest import LogLines, write_config
+from tests.conftest import LogLines, capture_logs, write_config
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -73,30 +72,24 @@ async def hooked(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hook
     await fake.start()
     port = free_port()
     settings = webhook_config(tmp_path_factory.mktemp("webhook"), fake, port, SECRET)
-    logs = LogLines()
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(logs)
-    root.setLevel(logging.DEBUG)
-    store = await Store.open(settings.storage.db)
-    service = build_service(settings, store)
-    adapter = TelegramAdapter(service, settings)
-    await adapter.start()
-    await service.start()
-    try:
-        yield Hooked(fake, adapter, settings, f"http://127.0.0.1:{port}/canvas-hook", logs)
-    finally:
-        await adapter.stop()
-        await service.stop()
-        await store.close()
-        await fake.stop()
-        root.removeHandler(logs)
-        root.setLevel(old_level)
+    with capture_logs() as logs:
+        store = await Store.open(settings.storage.db)
+        service = build_service(settings, store)
+        adapter = TelegramAdapter(service, settings)
+        await adapter.start()
+        await service.start()
+        try:
+            yield Hooked(fake, adapter, settings, f"http://127.0.0.1:{port}/canvas-hook", logs)
+        finally:
+            await adapter.stop()
+            await service.stop()
+            await store.close()
+            await fake.stop()
 
 
 def replies_to(fake: tg.FakeTelegram, sent: dict[str, Any]) -> list[tg.Call]:
     return [call for call in fake.called("sendMessage")
-            if (call.get("reply_parameters") or {}).get("message_id") == sent["message_id"]]
+            if tg.replied_to(call) == sent["message_id"]]
 
 
 async def test_start_sets_the_webhook_with_url_and_secret(hooked: Hooked) -> None:
