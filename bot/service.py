@@ -87,8 +87,8 @@ class Service:
     engine: EngineClient
     queue: JobQueue = field(default_factory=JobQueue)
     deliverers: dict[str, Deliverer] = field(default_factory=dict)
-    # job id -> (user id, platform) for every queued or running job
-    _active: dict[int, tuple[int, str]] = field(default_factory=dict)
+    # every queued or running job, as stored when it was queued
+    _active: dict[int, JobRow] = field(default_factory=dict)
     _progress: dict[int, _Progress] = field(default_factory=dict)
     # Checking the limits and queuing must be one step, or two commands could both pass.
     _admission: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -96,12 +96,12 @@ class Service:
     # Jobs that were in the engine when it died once already; a second death fails them.
     _retried: set[int] = field(default_factory=set)
     _stopping: bool = False
+    _tasks: set[asyncio.Task] = field(default_factory=set)
+    _pump: asyncio.Task | None = None
     learning: Learning = field(init=False)
 
     def __post_init__(self) -> None:
         self.learning = Learning(self.store, self.engine, self.settings, self.announce)
-    _tasks: set[asyncio.Task] = field(default_factory=set)
-    _pump: asyncio.Task | None = None
 
     # ---- start and stop ------------------------------------------------------------------
 
@@ -263,7 +263,7 @@ class Service:
 
     async def _cancel(self, user: User, user_id: int, job_id: int | None) -> Reply:
         if job_id is None:
-            mine = [job.id for job in await self.store.active_jobs() if job.user_id == user_id]
+            mine = [job.id for job in self._active.values() if job.user_id == user_id]
             if not mine:
                 raise UserError("You have no waiting or running jobs to cancel.")
             job_id = mine[-1]
@@ -296,7 +296,7 @@ class Service:
 
     def active_jobs_on(self, platform: str) -> list[int]:
         """Queued and running jobs that came from `platform` (new or taken up at start)."""
-        return [job_id for job_id, (_, origin) in self._active.items() if origin == platform]
+        return [job.id for job in self._active.values() if job.platform == platform]
 
     def position(self, job_id: int) -> int | None:
         order = self._order()
@@ -304,7 +304,8 @@ class Service:
 
     def _queue_text(self, user_id: int) -> str:
         order = self._order()
-        mine = [job_id for job_id in order if self._owner.get(job_id) == user_id]
+        mine = [job_id for job_id in order
+                if job_id in self._active and self._active[job_id].user_id == user_id]
         if not mine:
             return f"You have no jobs waiting. {len(order)} job(s) in the queue in all."
         lines = []
@@ -315,10 +316,6 @@ class Service:
             else:
                 lines.append(f"job #{job_id}: waiting, position {order.index(job_id) + 1}")
         return "\n".join(lines) + f"\n{len(order)} job(s) in the queue in all."
-
-    @property
-    def _owner(self) -> dict[int, int]:
-        return {job_id: user_id for job_id, (user_id, _) in self._active.items()}
 
     async def _submit(self, new: NewJob) -> Reply:
         self._check_blocked_words(new.prompt)
@@ -335,7 +332,7 @@ class Service:
             return Reply(f"Already on it: that is job #{earlier.id} ({state}).",
                          job_id=earlier.id, position=position)
         limits = self.settings.limits
-        waiting_for_user = sum(1 for user, _ in self._active.values() if user == new.user_id)
+        waiting_for_user = sum(1 for job in self._active.values() if job.user_id == new.user_id)
         if waiting_for_user >= limits.max_waiting_per_user:
             raise UserError(f"You already have {waiting_for_user} job(s) waiting; the limit is "
                             f"{limits.max_waiting_per_user}. Please wait for one to finish.")
@@ -350,7 +347,7 @@ class Service:
                      position=position)
 
     async def _enqueue(self, job: JobRow) -> None:
-        self._active[job.id] = (job.user_id, job.platform)
+        self._active[job.id] = job
         user = f"{job.platform}:{job.platform_user_id}"
         chat_id = job.origin.get("chat_id") or job.origin.get("channel_id")  # Telegram, Discord
         priority = self.settings.limits.admin_priority and self.is_admin(
@@ -380,7 +377,7 @@ class Service:
                                               event.steps, event.guidance)
             case protocol.Progress():
                 self._progress[event.job_id] = _Progress(event.step, event.total)
-                job = await self.store.get_job(event.job_id)
+                job = self._active.get(event.job_id)
                 deliverer = self.deliverers.get(job.platform) if job else None
                 if deliverer:
                     self._spawn(deliverer.progress(job, event.step, event.total))
@@ -390,9 +387,8 @@ class Service:
                                              event.model_version)
                 await self._finished(event.job_id)
             case protocol.Failed():
-                await self.store.mark_failed(event.job_id, event.error,
-                                             cancelled=event.kind == "cancelled")
-                await self._finished(event.job_id)
+                await self._fail(event.job_id, event.error,
+                                 cancelled=event.kind == "cancelled")
             case _:
                 await self.learning.on_event(event)
 
@@ -442,8 +438,8 @@ class Service:
         self._spawn(self.learning.restore())  # waits for the engine: not in the pump itself
         return True
 
-    async def _fail(self, job_id: int, error: str) -> None:
-        await self.store.mark_failed(job_id, error)
+    async def _fail(self, job_id: int, error: str, *, cancelled: bool = False) -> None:
+        await self.store.mark_failed(job_id, error, cancelled=cancelled)
         await self._finished(job_id)
 
     async def _deliver_outcome(self, job: JobRow) -> None:
