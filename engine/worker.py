@@ -82,7 +82,6 @@ class Engine:
         self.inbox = inbox
         self.plans: dict[int, Plan] = {}
         self.slots: deque[Slot] = deque()
-        self.running: list[Slot] = []
         self.stopping = False
         self.adapters = Adapters(pipelines.text2img.unet)
         self.trainer: LoraTrainer | None = None
@@ -176,18 +175,16 @@ class Engine:
         return batch
 
     def run_batch(self, batch: list[Slot]) -> None:
-        plans = list({id(plan): plan for plan, _ in batch}.values())
+        plans = _plans_of(batch)
         for plan in plans:
             if not plan.started:
                 plan.started = True
                 self.send(protocol.Started(plan.job.job_id, plan.width, plan.height, plan.steps,
                                            plan.guidance, len(batch)))
-        self.running = batch
         began = time.perf_counter()
         try:
             images = self.generate(batch)
         except torch.OutOfMemoryError:
-            self.running = []
             self.out_of_memory(batch)
             return
         except Exception as error:  # one bad batch must not stop the engine
@@ -195,8 +192,6 @@ class Engine:
             for plan in plans:
                 self.fail(plan, f"The engine could not make this image: {error}")
             return
-        finally:
-            self.running = []
         if self.stopping:
             return  # interrupted: the bot still holds these jobs and puts them back on restart
         elapsed = time.perf_counter() - began
@@ -277,7 +272,7 @@ class Engine:
         return [None if bad else image for image, bad in zip(images, flagged, strict=True)]
 
     def step_callback(self, batch: list[Slot]) -> Callable:
-        plans = list({id(plan): plan for plan, _ in batch}.values())
+        plans = _plans_of(batch)
         slots_in_batch = Counter(id(plan) for plan, _ in batch)
 
         def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
@@ -367,6 +362,11 @@ class Engine:
         self.adapters.for_generation()
         self.send(protocol.TrainDone(request.run_id, request.version, str(path), trainer.loss,
                                      round(trainer.seconds, 2)))
+
+
+def _plans_of(batch: list[Slot]) -> list[Plan]:
+    """The jobs in a batch, each once, in order (a job of n images has n slots)."""
+    return list({id(plan): plan for plan, _ in batch}.values())
 
 
 def _open_rgb(path: str | None, size: tuple[int, int]) -> Image.Image:
