@@ -136,9 +136,10 @@ class Learning:
 
     async def list_text(self) -> str:
         active = await self._active_or_base()
-        names = {row.id: row.name for row in await self.versions.versions(self.base_model)}
+        rows = await self.versions.versions(self.base_model)
+        names = {row.id: row.name for row in rows}
         lines = [f"Model versions of {self.base_model}:"]
-        for row in await self.versions.versions(self.base_model):
+        for row in rows:
             if row.lora_path is None:
                 text = f"{row.name} · the model as shipped"
             else:
