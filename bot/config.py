@@ -44,22 +44,25 @@ class ConfigError(ValueError):
 def _setting(default: Any, *, secret: bool = False, **rules: Any) -> Any:
     """A dataclass field with validation rules in its metadata.
 
-    Rules: choices, min, max, schemes (URL schemes, empty allowed), strip_slash,
-    nonempty, digits (numeric ids), host_port (`host:port`), token_chars (empty, or what
-    Telegram accepts as a webhook secret token). A secret field is left out of repr() and its
+    Rules: choices, min, max, auto (an int that may also be written `auto`, kept as
+    AUTO_BATCH), schemes (URL schemes, empty allowed), strip_slash, nonempty, digits (numeric
+    ids), host_port (`host:port`), token_chars (empty, or what Telegram accepts as a webhook
+    secret token). A secret field is left out of repr() and its
     value is never put in an error message.
     """
     return field(default=default, repr=not secret, metadata={"secret": secret, **rules})
 
 
 _HTTP = ("http", "https")
+AUTO_BATCH = 0
 
 
 @dataclass(frozen=True)
 class EngineSettings:
     model: str = _setting("bundled:shapes", nonempty=True)
     device: str = _setting("auto", choices=("auto", "cpu", "cuda"))
-    max_batch: int = _setting(4, min=1, max=64)
+    # AUTO_BATCH (written `auto`): sized to the device's memory by the engine.
+    max_batch: int = _setting(AUTO_BATCH, min=1, max=64, auto=True)
     dtype: str = _setting("auto", choices=("auto", "float32", "float16", "bfloat16"))
     compile: bool = False
 
@@ -334,7 +337,8 @@ def _expected(kind: type, rules: Mapping[str, Any]) -> str:
     if kind is int:
         low, high = rules.get("min"), rules.get("max")
         if low is not None and high is not None:
-            return f"a whole number from {low} to {high}"
+            auto = "auto or " if rules.get("auto") else ""
+            return f"{auto}a whole number from {low} to {high}"
         return "a whole number" + (f" >= {low}" if low is not None else "")
     if kind is Path:
         return "a non-empty path"
@@ -379,6 +383,8 @@ class _Builder:
         )
 
     def scalar(self, value: Any, kind: type, key: str, rules: Mapping[str, Any]) -> Any:
+        if rules.get("auto") and isinstance(value, str) and value.strip().lower() == "auto":
+            return AUTO_BATCH
         try:
             converted = _check(_CONVERTERS[kind](value), rules)
             if kind is Path:

@@ -44,7 +44,8 @@ def main() -> None:
     parser.add_argument("--model", default="bundled:shapes")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--max-batch", type=int, default=4)
+    parser.add_argument("--max-batch", type=int, default=0,
+                        help="most images in one batch; 0: sized to the device's memory")
     parser.add_argument("--images", type=Path, required=True)
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet and the VAE decoder, warmed up at start")
@@ -64,6 +65,7 @@ def main() -> None:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    from engine.batch_size import choose as choose_batch
     from engine.pipelines import load
     from engine.worker import Engine
 
@@ -75,16 +77,17 @@ def main() -> None:
 
     try:
         pipelines = load(args.model, args.device, args.dtype, compile_models=args.compile)
+        max_batch = choose_batch(pipelines, args.max_batch)
     except Exception as error:
         logging.getLogger("engine").exception("could not load %s", args.model)
         send(protocol.Fatal(f"Could not load the model {args.model}: {error}"))
         sys.exit(1)
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_read_stdin, args=(inbox,), daemon=True, name="stdin").start()
-    engine = Engine(pipelines, args.images, args.max_batch, send, inbox)
+    engine = Engine(pipelines, args.images, max_batch, send, inbox)
     send(protocol.Ready(args.model, engine.model_version, str(pipelines.device),
                         str(pipelines.dtype).removeprefix("torch."),
-                        pipelines.settings.min_output_size))
+                        pipelines.settings.min_output_size, max_batch))
     engine.run()
 
 

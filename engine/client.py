@@ -50,7 +50,7 @@ class EngineOptions:
     model: str
     device: str
     dtype: str
-    max_batch: int
+    max_batch: int  # 0: sized to the device by the engine (engine/batch_size.py)
     images: Path
     compile: bool = False
 
@@ -66,9 +66,7 @@ class EngineClient:
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task | None = None
         self._feeder: asyncio.Task | None = None
-        # The engine holds one batch's worth: enough to fill a batch, few enough that the fair
-        # queue, not the engine's arrival order, decides who goes next.
-        self._credit = asyncio.Semaphore(options.max_batch)
+        self._credit = asyncio.Semaphore(0)  # set from the engine's Ready
 
     async def start(self) -> protocol.Ready:
         opts = self.options
@@ -85,6 +83,9 @@ class EngineClient:
             reason = first.error if isinstance(first, protocol.Fatal) else "it exited"
             raise EngineError(f"The engine did not start: {reason}")
         self.ready = first
+        # The engine holds one batch's worth: enough to fill a batch, few enough that the fair
+        # queue, not the engine's arrival order, decides who goes next.
+        self._credit = asyncio.Semaphore(max(1, first.max_batch))
         self._reader = asyncio.create_task(self._read_loop(), name="engine-reader")
         log.info("engine ready: %s (%s) on %s, %s", first.model, first.model_version,
                  first.device, first.dtype)
@@ -111,7 +112,6 @@ class EngineClient:
         if self._feeder:
             self._feeder.cancel()
         self.in_flight.clear()
-        self._credit = asyncio.Semaphore(self.options.max_batch)
         return await self.start()
 
     async def submit(self, job: protocol.Job) -> None:

@@ -100,6 +100,7 @@ class Ready:
     device: str
     dtype: str
     min_output_size: int = 0  # chats show this model's images enlarged to at least this
+    max_batch: int = 1  # most images the engine generates at once
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The engine: one process that owns the device and runs every job, in turn.
 
 Its loop is: take new messages, run one batch, train one slice (during /retrain), repeat.
-A batch is up to `max_batch` images from
+A batch is up to `max_batch` images (engine/batch_size.py) from
 waiting jobs that can share one pipeline call (same kind, size, steps, guidance, strength); each
 image has its own generator, so it comes out as it would alone. A job of n images may span
 several batches; its result is sent when its last image is written.
@@ -78,6 +78,8 @@ class Engine:
         self.pipes = pipelines
         self.images_dir = images_dir
         self.max_batch = max_batch
+        # Lowered for a kind of job after a batch of it ran out of device memory.
+        self.kind_limits: dict[str, int] = {}
         self.send = send
         self.inbox = inbox
         self.plans: dict[int, Plan] = {}
@@ -168,8 +170,9 @@ class Engine:
 
     def next_batch(self) -> list[Slot]:
         """The oldest waiting image, and the compatible ones behind it, up to max_batch."""
-        key = self.slots[0][0].batch_key
-        batch = [slot for slot in self.slots if slot[0].batch_key == key][: self.max_batch]
+        first = self.slots[0][0]
+        limit = self.kind_limits.get(first.job.kind, self.max_batch)
+        batch = [slot for slot in self.slots if slot[0].batch_key == first.batch_key][:limit]
         taken = {id(slot) for slot in batch}
         self.slots = deque(slot for slot in self.slots if id(slot) not in taken)
         return batch
@@ -217,8 +220,11 @@ class Engine:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         if len(batch) > 1:
-            log.warning("out of memory on a batch of %d; splitting it", len(batch))
             half = len(batch) // 2
+            kind = batch[0][0].job.kind
+            self.kind_limits[kind] = min(half, self.kind_limits.get(kind, self.max_batch))
+            log.warning("out of memory on a batch of %d; splitting it, and making %s batches "
+                        "of at most %d from now on", len(batch), kind, self.kind_limits[kind])
             self.run_batch(batch[:half])
             self.run_batch(batch[half:])
             return

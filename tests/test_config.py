@@ -11,6 +11,7 @@ import yaml
 
 import bot.config
 from bot.config import (
+    AUTO_BATCH,
     AdminSettings,
     ConfigError,
     DiscordSettings,
@@ -62,7 +63,8 @@ def defaults_in(folder: Path) -> Settings:
 
 def test_dataclass_defaults_are_the_documented_ones() -> None:
     assert EngineSettings() == EngineSettings(
-        model="bundled:shapes", device="auto", max_batch=4, dtype="auto", compile=False
+        model="bundled:shapes", device="auto", max_batch=AUTO_BATCH, dtype="auto",
+        compile=False
     )
     assert StorageSettings() == StorageSettings(Path("data/canvas.db"), Path("data/images"))
     assert LimitSettings() == LimitSettings(3, 100, 1000, 10_000_000, 16_777_216, (), False)
@@ -159,6 +161,11 @@ def test_strings_from_env_convert_to_field_types(tmp_path: Path) -> None:
     assert settings.admins.telegram == frozenset({"5", "6"})
 
 
+@pytest.mark.parametrize("written", ["auto", "AUTO", " auto ", "${BATCH:-auto}"])
+def test_max_batch_auto_means_sized_by_the_engine(tmp_path: Path, written: str) -> None:
+    assert load(tmp_path, f"engine:\n  max_batch: '{written}'\n", {}).engine.max_batch == 0
+
+
 @pytest.mark.parametrize(
     ("word", "expected"), [("yes", True), ("no", False), ("true", True), ("False", False)]
 )
@@ -231,10 +238,17 @@ BAD = [
         "engine:\n  dtype: fp8\n",
         "engine.dtype: must be one of auto, float32, float16, bfloat16 (got 'fp8')",
     ),
-    ("engine:\n  max_batch: 0\n", "engine.max_batch: must be a whole number from 1 to 64 (got 0)"),
+    (
+        "engine:\n  max_batch: 0\n",
+        "engine.max_batch: must be auto or a whole number from 1 to 64 (got 0)",
+    ),
     (
         "engine:\n  max_batch: 65\n",
-        "engine.max_batch: must be a whole number from 1 to 64 (got 65)",
+        "engine.max_batch: must be auto or a whole number from 1 to 64 (got 65)",
+    ),
+    (
+        "engine:\n  max_batch: automatic\n",
+        "engine.max_batch: must be auto or a whole number from 1 to 64 (got 'automatic')",
     ),
     ("engine:\n  compile: maybe\n", "engine.compile: must be true or false (got 'maybe')"),
     ("engine:\n  model: ''\n", "engine.model: must be a non-empty string (got '')"),

@@ -138,7 +138,7 @@ def test_fit_size_keeps_the_native_area_on_the_models_grid(pipelines, aspect, si
     assert fit_size(aspect, pipelines.settings) == size
 
 
-def test_out_of_memory_splits_the_batch_and_still_makes_every_image(pipelines, tmp_path):
+def test_out_of_memory_splits_the_batch_makes_every_image_and_lowers_the_batch(pipelines, tmp_path):
     harness = Harness(pipelines, tmp_path, max_batch=4)
     real_generate = harness.engine.generate
     tried: list[int] = []
@@ -154,6 +154,11 @@ def test_out_of_memory_splits_the_batch_and_still_makes_every_image(pipelines, t
     results = harness.run(*jobs)
     assert sorted(results) == [1, 2, 3] and not harness.of_type(protocol.Failed)
     assert tried == [3, 1, 2, 1, 1]  # 3 -> 1 + 2 -> 1 + 1 + 1
+    # Learnt: text-to-image batches stay at 1 (half of the 3 that ran out) from now on.
+    tried.clear()
+    results = harness.run(*[protocol.Job(i, "txt2img", "a red circle", seed=i, steps=3)
+                            for i in (5, 6)])
+    assert tried == [1, 1] and {5, 6} <= set(results)
 
     harness.engine.generate = lambda batch: (_ for _ in ()).throw(
         torch.OutOfMemoryError("CUDA out of memory (simulated)"))
