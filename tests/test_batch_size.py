@@ -102,11 +102,11 @@ def test_a_device_that_holds_one_image_gets_batches_of_one(pipelines):
 
 
 class Jobs:
-    """A job source holding `count` slow jobs, as the queue would."""
+    """A job source as the queue would be: a long first job, then short ones."""
 
     def __init__(self, count: int) -> None:
-        self.waiting = [protocol.Job(i, "txt2img", "a red circle", seed=i, steps=30)
-                        for i in range(1, count + 1)]
+        self.waiting = [protocol.Job(i, "txt2img", "a red circle", seed=i,
+                                     steps=200 if i == 1 else 5) for i in range(1, count + 1)]
 
     async def get(self) -> protocol.Job:
         if not self.waiting:
@@ -122,17 +122,22 @@ async def test_the_engine_sizes_its_batch_and_is_handed_that_many_jobs_at_a_time
     ready = await client.start()
     try:
         assert ready.max_batch == CPU_BATCH
-        client.feed_from(Jobs(9))
-        held, batches, results = [], [], set()
+        jobs = Jobs(9)
+        client.feed_from(jobs)
+        while_first_runs, batch_of, results = set(), {}, set()
         while len(results) < 9:
             event = await asyncio.wait_for(client.events.get(), 120)
-            held.append(len(client.in_flight))
-            if isinstance(event, protocol.Started):
-                batches.append(event.batch_size)
+            if isinstance(event, protocol.Progress) and event.job_id == 1:
+                while_first_runs.add((len(client.in_flight), len(jobs.waiting)))
+            elif isinstance(event, protocol.Started):
+                batch_of[event.job_id] = event.batch_size
             elif isinstance(event, protocol.Result):
                 results.add(event.job_id)
             else:
                 assert not isinstance(event, protocol.Failed), event
-        assert max(held) == CPU_BATCH and max(batches) == CPU_BATCH
+        # While the long first job runs, the engine holds one batch's worth and no more.
+        assert (CPU_BATCH, 9 - CPU_BATCH) in while_first_runs
+        assert max(held for held, _ in while_first_runs) == CPU_BATCH
+        assert len(batch_of) == 9 and max(batch_of.values()) <= CPU_BATCH
     finally:
         await client.stop()
