@@ -528,7 +528,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=15, help="overhead: rounds measured")
     parser.add_argument("--users", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--per-user", type=int, default=3)
-    parser.add_argument("--batch", type=batch_setting, default=4,
+    parser.add_argument("--batch", type=batch_setting, default="auto",
                         help="engine.max_batch with batching on: a number or auto")
     parser.add_argument("--peak-tflops", type=float,
                         help="the GPU's peak TFLOP/s (default: looked up by its name)")
