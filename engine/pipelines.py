@@ -115,12 +115,19 @@ def load(spec: str, device_setting: str = "auto", dtype_setting: str = "auto",
 
 
 def warm_up(pipelines: Pipelines) -> None:
-    """One image at the native size, so compiling happens at start, not in a user's job."""
-    size = pipelines.settings.native_size
-    log.info("warming up the compiled model at %dx%d", size, size)
-    with torch.inference_mode():
-        pipelines.text2img("warm up", num_inference_steps=2, width=size, height=size,
-                           generator=torch.Generator("cpu").manual_seed(0))
+    """Compile at start, not in a user's job. torch.compile specialises on the first shapes
+    it sees and, when a shape changes, compiles once more with the changed sizes left
+    dynamic, except a batch of one, which it always specialises: so one image at the native
+    size, two at another aspect ratio, and one at a third leave graphs that serve every batch
+    size and aspect ratio (checked on the CPU: no compiling after these)."""
+    square = (pipelines.settings.native_size,) * 2
+    wide = fit_size((2, 1), pipelines.settings)
+    tall = fit_size((1, 2), pipelines.settings)
+    for images, (width, height) in ((1, square), (2, wide), (1, tall)):
+        log.info("warming up the compiled model: %d at %dx%d", images, width, height)
+        with torch.inference_mode():
+            pipelines.text2img(["warm up"] * images, num_inference_steps=2, width=width,
+                               height=height, generator=torch.Generator("cpu").manual_seed(0))
 
 
 def fit_size(aspect: tuple[int, int], settings: ModelSettings) -> tuple[int, int]:
