@@ -18,7 +18,7 @@ import sqlite3
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,10 @@ from typing import Any
 import pytest
 import yaml
 
-from bot.store import ImageRow, JobRow
+from bot.cli import build_service
+from bot.config import Settings
+from bot.service import Service
+from bot.store import ImageRow, JobRow, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +61,35 @@ async def until(condition: Callable[[], Any], timeout: float = 120) -> None:
     async with asyncio.timeout(timeout):
         while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running_bot(settings: Settings, make_adapter: Callable[[Service, Settings], Any]
+                      ) -> AsyncIterator[tuple[Store, Service, Any]]:
+    """A service on `settings` with one chat adapter, started as `canvas run` starts them
+    (the adapter first) and stopped the other way round."""
+    store = await Store.open(settings.storage.db)
+    service = build_service(settings, store)
+    adapter = make_adapter(service, settings)
+    await adapter.start()
+    await service.start()
+    try:
+        yield store, service, adapter
+    finally:
+        await adapter.stop()
+        await service.stop()
+        await store.close()
+
+
+def fast_telegram_adapter(service: Service, settings: Settings) -> Any:
+    """The Telegram adapter with short waits (albums, status edits), so tests need not sit
+    through the real ones."""
+    from bot.adapters.telegram import TelegramAdapter
+
+    adapter = TelegramAdapter(service, settings)
+    adapter.album_wait = 0.3
+    adapter.status.private_interval = adapter.status.group_interval = 0.1
+    return adapter
 
 
 def write_config(folder: Path, **sections: dict[str, Any]) -> Path:

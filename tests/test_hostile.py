@@ -39,13 +39,12 @@ from PIL import Image
 
 from bot.adapters.discord import DiscordAdapter
 from bot.adapters.telegram import TelegramAdapter
-from bot.cli import build_service
 from bot.config import Settings, load_settings
 from bot.service import Service
 from bot.store import Store
 from tests import fake_telegram as tg
 from tests import hostile
-from tests.conftest import run_console, write_config
+from tests.conftest import fast_telegram_adapter, run_console, running_bot, write_config
 from tests.fake_discord import BOT_TOKEN, GUILD_ID, FakeDiscord, Interaction, Message
 
 LIMITS = {"max_waiting_per_user": 50}
@@ -212,19 +211,10 @@ async def telegram(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Te
     await fake.start()
     settings = load_settings(write_config(
         folder, telegram={"token": tg.TOKEN, "api_base_url": fake.url}, limits=LIMITS))
-    store = await Store.open(settings.storage.db)
-    service = build_service(settings, store)
-    adapter = TelegramAdapter(service, settings)
-    adapter.album_wait = 0.3
-    adapter.status.private_interval = adapter.status.group_interval = 0.1
-    await adapter.start()
-    await service.start()
     try:
-        yield TelegramBot(fake, settings, store, service, adapter)
+        async with running_bot(settings, fast_telegram_adapter) as (store, service, adapter):
+            yield TelegramBot(fake, settings, store, service, adapter)
     finally:
-        await adapter.stop()
-        await service.stop()
-        await store.close()
         await fake.stop()
 
 
@@ -309,17 +299,10 @@ async def discord(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Dis
         folder, discord={"token": BOT_TOKEN, "api_base_url": fake.api_base_url,
                          "gateway_url": fake.gateway_url, "guild_ids": [GUILD_ID]},
         limits=LIMITS))
-    store = await Store.open(settings.storage.db)
-    service = build_service(settings, store)
-    adapter = DiscordAdapter(service, settings)
-    await adapter.start()
-    await service.start()
     try:
-        yield DiscordBot(fake, settings, store, service, adapter)
+        async with running_bot(settings, DiscordAdapter) as (store, service, adapter):
+            yield DiscordBot(fake, settings, store, service, adapter)
     finally:
-        await adapter.stop()
-        await service.stop()
-        await store.close()
         await fake.stop()
 
 

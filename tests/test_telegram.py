@@ -25,7 +25,7 @@ from bot.service import Service
 from bot.store import Store
 from engine.shapes import checker
 from tests import fake_telegram as tg
-from tests.conftest import LogLines, capture_logs, job_row, write_config
+from tests.conftest import LogLines, capture_logs, fast_telegram_adapter, job_row, write_config
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -89,7 +89,7 @@ async def canvas(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Canv
     with capture_logs() as logs:
         store = await Store.open(settings.storage.db)
         service = build_service(settings, store)
-        adapter = _adapter(service, settings)
+        adapter = fast_telegram_adapter(service, settings)
         await adapter.start()
         await service.start()
         canvas = Canvas(fake, adapter, service, store, settings, logs)
@@ -100,13 +100,6 @@ async def canvas(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Canv
             await service.stop()
             await store.close()
             await fake.stop()
-
-
-def _adapter(service: Service, settings: Settings) -> TelegramAdapter:
-    adapter = TelegramAdapter(service, settings)
-    adapter.album_wait = 0.3
-    adapter.status.private_interval = adapter.status.group_interval = 0.1
-    return adapter
 
 
 def png(colour: str = "red", size: tuple[int, int] = (64, 64), mode: str = "RGB") -> bytes:
@@ -336,7 +329,7 @@ async def test_a_forged_button_is_answered_politely(canvas: Canvas) -> None:
 async def test_buttons_sent_before_a_restart_still_work(canvas: Canvas) -> None:
     photo_message, image_id = await picture(canvas, "a green circle")
     await canvas.adapter.stop()  # a new adapter keeps nothing from the old one
-    canvas.adapter = _adapter(canvas.service, canvas.settings)
+    canvas.adapter = fast_telegram_adapter(canvas.service, canvas.settings)
     await canvas.adapter.start()
     start = len(canvas.fake.calls)
     await canvas.fake.push(tg.button_press(photo_message, f"r:{image_id}"))

@@ -20,7 +20,7 @@ from bot.config import Settings, load_settings
 from bot.service import Service
 from bot.store import Store
 from tests import fake_telegram as tg
-from tests.conftest import LogLines, capture_logs, write_config
+from tests.conftest import LogLines, capture_logs, running_bot, write_config
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -72,19 +72,13 @@ async def hooked(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hook
     await fake.start()
     port = free_port()
     settings = webhook_config(tmp_path_factory.mktemp("webhook"), fake, port, SECRET)
-    with capture_logs() as logs:
-        store = await Store.open(settings.storage.db)
-        service = build_service(settings, store)
-        adapter = TelegramAdapter(service, settings)
-        await adapter.start()
-        await service.start()
-        try:
-            yield Hooked(fake, adapter, settings, f"http://127.0.0.1:{port}/canvas-hook", logs)
-        finally:
-            await adapter.stop()
-            await service.stop()
-            await store.close()
-            await fake.stop()
+    try:
+        with capture_logs() as logs:
+            async with running_bot(settings, TelegramAdapter) as (_, _, adapter):
+                yield Hooked(fake, adapter, settings, f"http://127.0.0.1:{port}/canvas-hook",
+                             logs)
+    finally:
+        await fake.stop()
 
 
 def replies_to(fake: tg.FakeTelegram, sent: dict[str, Any]) -> list[tg.Call]:
