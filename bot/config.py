@@ -47,8 +47,8 @@ def _setting(default: Any, *, secret: bool = False, **rules: Any) -> Any:
     Rules: choices, min, max, auto (an int that may also be written `auto`, kept as
     AUTO_BATCH), schemes (URL schemes, empty allowed), strip_slash, nonempty, digits (numeric
     ids), host_port (`host:port`), token_chars (empty, or what Telegram accepts as a webhook
-    secret token). A secret field is left out of repr() and its
-    value is never put in an error message.
+    secret token). A secret field is left out of repr() and its value is never put in an
+    error message.
     """
     return field(default=default, repr=not secret, metadata={"secret": secret, **rules})
 

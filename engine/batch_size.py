@@ -23,7 +23,6 @@ from engine.pipelines import Pipelines
 
 log = logging.getLogger(__name__)
 
-AUTO = 0  # `engine.max_batch: auto`, as the config and the engine's --max-batch carry it
 CPU_BATCH = 4
 # Past this the GPU is busy enough that images per second barely grow, while every user in a
 # batch waits for the whole batch.
@@ -39,9 +38,6 @@ class MemoryUse:
 
     first_image: int
     per_image: int  # each image after the first
-
-    def batch(self, images: int) -> int:
-        return self.first_image + (images - 1) * self.per_image
 
 
 class Meter(Protocol):
@@ -111,7 +107,8 @@ def measure(pipelines: Pipelines, meter: Meter) -> MemoryUse:
 
 
 def choose(pipelines: Pipelines, setting: int, meter: Meter | None = None) -> int:
-    """The engine's batch size for `engine.max_batch` (AUTO or a cap)."""
+    """The engine's batch size for `engine.max_batch`: 0 (written `auto` in the config) or a
+    cap."""
     if pipelines.device.type != "cuda" and meter is None:
         return setting or CPU_BATCH
     meter = meter or CudaMeter(pipelines.device)

@@ -316,8 +316,6 @@ class Engine:
             (self.images_dir / "out").mkdir(parents=True, exist_ok=True)
         except OSError as error:
             return [error] * len(images)
-        if len(images) <= 1:
-            return list(map(_write_png, images, paths))
         return list(self.png_writers.map(_write_png, images, paths))
 
     def record(self, plan: Plan, index: int, image: Image.Image, path: Path) -> None:

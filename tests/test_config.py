@@ -163,7 +163,7 @@ def test_strings_from_env_convert_to_field_types(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("written", ["auto", "AUTO", " auto ", "${BATCH:-auto}"])
 def test_max_batch_auto_means_sized_by_the_engine(tmp_path: Path, written: str) -> None:
-    assert load(tmp_path, f"engine:\n  max_batch: '{written}'\n", {}).engine.max_batch == 0
+    assert load(tmp_path, f"engine:\n  max_batch: '{written}'\n", {}).engine.max_batch == AUTO_BATCH
 
 
 @pytest.mark.parametrize(
