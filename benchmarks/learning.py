@@ -56,6 +56,19 @@ class Collector:
         self.news.append(text)
 
 
+async def open_service(folder: Path, engine: dict[str, Any]) -> tuple[Store, Service]:
+    """A service, not started yet, on a fresh data folder with these engine settings and no
+    queue limits (a benchmark sends more than any user may)."""
+    config = folder / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "engine": engine,
+        "storage": {"db": "canvas.db", "images": "images"},
+        "limits": {"max_waiting_per_user": 10_000, "max_queue": 10_000}}))
+    settings = load_settings(config)
+    store = await Store.open(settings.storage.db)
+    return store, build_service(settings, store)
+
+
 @dataclass
 class Experiment:
     """A bot on a fresh data folder, driven the way a chat would drive it."""
@@ -67,14 +80,7 @@ class Experiment:
     @classmethod
     async def start(cls, folder: Path, model: str = "bundled:shapes",
                     max_batch: int = 4) -> Experiment:
-        config = folder / "config.yaml"
-        config.write_text(yaml.safe_dump({
-            "engine": {"model": model, "max_batch": max_batch},
-            "storage": {"db": "canvas.db", "images": "images"},
-            "limits": {"max_waiting_per_user": 10_000, "max_queue": 10_000}}))
-        settings = load_settings(config)
-        store = await Store.open(settings.storage.db)
-        service = build_service(settings, store)
+        store, service = await open_service(folder, {"model": model, "max_batch": max_batch})
         collector = Collector()
         service.register("console", collector)
         await service.start()

@@ -48,10 +48,9 @@ from typing import Any
 import yaml
 from PIL import Image
 
+from benchmarks.learning import open_service
 from bot import commands as cmd
 from bot.adapters.console import ConsoleAdapter, split_attachments
-from bot.cli import build_service
-from bot.config import load_settings
 from bot.service import Reply, Service
 from bot.store import ImageRow, JobRow, Store
 
@@ -156,15 +155,8 @@ class Bot:
 
     @classmethod
     async def start(cls, folder: Path, options: Options, max_batch: int | str) -> Bot:
-        config = folder / "config.yaml"
-        config.write_text(yaml.safe_dump({
-            "engine": {"model": options.model, "device": options.device,
-                       "max_batch": max_batch},
-            "storage": {"db": "canvas.db", "images": "images"},
-            "limits": {"max_waiting_per_user": 10_000, "max_queue": 10_000}}))
-        settings = load_settings(config)
-        store = await Store.open(settings.storage.db)
-        service = build_service(settings, store)
+        store, service = await open_service(folder, {
+            "model": options.model, "device": options.device, "max_batch": max_batch})
         console = TimedConsole(service)
         await service.start()
         return cls(service, store, console)
