@@ -178,48 +178,69 @@ class Bot:
 # ---- the direct call -------------------------------------------------------------------------
 
 
-def direct_setup(model: str, device_setting: str) -> dict[str, str]:
-    """The bare pipeline's source and the device and dtype the engine would pick for it."""
-    from engine.pipelines import RANDOM_MODELS, pick_device, pick_dtype, resolve_model
+def direct_setup(model: str, device_setting: str) -> dict[str, Any]:
+    """The bare pipeline's source, the device and dtype the engine would pick for it, and the
+    model's own call options (its canvas.json's `call`)."""
+    from engine.pipelines import (
+        RANDOM_MODELS,
+        SETTINGS_FILE,
+        pick_device,
+        pick_dtype,
+        resolve_model,
+    )
 
     device = pick_device(device_setting)
-    return {"source": model if model in RANDOM_MODELS else resolve_model(model),
-            "device": str(device),
-            "dtype": str(pick_dtype("auto", device)).removeprefix("torch.")}
+    source = model if model in RANDOM_MODELS else resolve_model(model)
+    settings = Path(source) / SETTINGS_FILE
+    call = json.loads(settings.read_text()).get("call", {}) if settings.is_file() else {}
+    return {"source": source, "device": str(device), "call": call,
+            "dtype": str(pick_dtype("auto", device, model)).removeprefix("torch.")}
 
 
-def load_direct(source: str, device: str, dtype: str) -> Any:
-    """A bare diffusers pipeline. Of the engine it imports only the random models:
-    engine.pipelines alone would add some 18 MB to startup's memory baseline."""
+@dataclass(frozen=True)
+class Direct:
+    """A bare diffusers pipeline and the call options its model needs."""
+
+    pipe: Any
+    call: dict[str, Any]
+
+
+def load_direct(source: str, device: str, dtype: str, call: dict[str, Any]) -> Direct:
+    """A bare diffusers pipeline. Of the engine it takes only what building or finding the
+    model's parts needs (random models, components a folder leaves out)."""
     import torch
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    from engine.random_models import RANDOM_MODELS, build
+    from engine.families import RANDOM_MODELS, build_random
+    from engine.pipelines import absent_components
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # as the engine does
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     if source in RANDOM_MODELS:
-        pipe = build(source, getattr(torch, dtype))
+        pipe = build_random(source, device, getattr(torch, dtype))
     else:
-        pipe = DiffusionPipeline.from_pretrained(source, dtype=getattr(torch, dtype))
+        folder = Path(source) if Path(source).is_dir() else None
+        pipe = DiffusionPipeline.from_pretrained(source, dtype=getattr(torch, dtype),
+                                                 **absent_components(folder))
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return Direct(pipe.to(device), call)
 
 
-def direct_call(pipe: Any, params: Params, seed: int) -> float:
+def direct_call(direct: Direct, params: Params, seed: int) -> float:
     """Seconds for one image from the bare pipeline."""
     import torch
 
+    pipe = direct.pipe
     cuda = pipe.device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
     began = time.perf_counter()
     pipe(PROMPT, num_inference_steps=params.steps, guidance_scale=params.guidance,
          width=params.width, height=params.height,
-         generator=torch.Generator("cpu").manual_seed(seed))
+         generator=torch.Generator("cpu").manual_seed(seed), **direct.call)
     if cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - began
@@ -231,8 +252,7 @@ def direct_peak_mb(settings: str) -> None:
     import resource
 
     given = json.loads(settings)
-    pipe = load_direct(**given["direct"])
-    direct_call(pipe, Params(**given["params"]), seed=1)
+    direct_call(load_direct(**given["direct"]), Params(**given["params"]), seed=1)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 

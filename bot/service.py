@@ -30,6 +30,8 @@ from engine.client import EngineClient, EngineExited
 log = logging.getLogger(__name__)
 
 HISTORY_LENGTH = 10
+# The console's user is the bot's owner: their commands wait for room instead of being refused.
+OPERATOR_PLATFORM = "console"
 OUR_FAULT = ("Sorry, something went wrong on my side (the bot's admins can see what in the "
              "log). Please try again later.")
 
@@ -95,6 +97,7 @@ class Service:
     _job_left: asyncio.Condition = field(default_factory=asyncio.Condition)
     # Jobs that were in the engine when it died once already; a second death fails them.
     _retried: set[int] = field(default_factory=set)
+    _operators: set[int] = field(default_factory=set)  # store ids of the console's users
     _stopping: bool = False
     _tasks: set[asyncio.Task] = field(default_factory=set)
     _pump: asyncio.Task | None = None
@@ -162,6 +165,8 @@ class Service:
     async def _dispatch(self, user: User, request: cmd.Request, image: Attachment | None,
                         mask: Attachment | None, origin: dict[str, Any]) -> Reply:
         user_id = await self.store.ensure_user(user.platform, user.user_id, user.name)
+        if user.platform == OPERATOR_PLATFORM:
+            self._operators.add(user_id)
         match request:
             case cmd.Imagine():
                 return await self._imagine(user_id, request, origin)
@@ -319,10 +324,23 @@ class Service:
 
     async def _submit(self, new: NewJob) -> Reply:
         self._check_blocked_words(new.prompt)
-        async with self._admission:
-            return await self._admit(new)
+        operator = new.user_id in self._operators
+        while True:
+            if operator:
+                await self._room_in_queue()
+            async with self._admission:
+                if operator and len(self._active) >= self.settings.limits.max_queue:
+                    continue  # another command took the room first: wait again
+                return await self._admit(new, operator=operator)
 
-    async def _admit(self, new: NewJob) -> Reply:
+    async def _room_in_queue(self) -> None:
+        """Wait until the queue has room: the operator's piped commands wait for it (so the
+        console stops reading) where a chat user's would be refused."""
+        async with self._job_left:
+            await self._job_left.wait_for(
+                lambda: len(self._active) < self.settings.limits.max_queue)
+
+    async def _admit(self, new: NewJob, operator: bool = False) -> Reply:
         key = new.origin.get("request_key")
         if key and (earlier := await self.store.job_for_request(key)) is not None:
             # The platform sent the same request again (Telegram re-sends updates a bot that
@@ -333,7 +351,7 @@ class Service:
                          job_id=earlier.id, position=position)
         limits = self.settings.limits
         waiting_for_user = sum(1 for job in self._active.values() if job.user_id == new.user_id)
-        if waiting_for_user >= limits.max_waiting_per_user:
+        if waiting_for_user >= limits.max_waiting_per_user and not operator:
             raise UserError(f"You already have {waiting_for_user} job(s) waiting; the limit is "
                             f"{limits.max_waiting_per_user}. Please wait for one to finish.")
         if len(self._active) >= limits.max_queue:

@@ -97,10 +97,7 @@ def measure(pipelines: Pipelines, meter: Meter) -> MemoryUse:
         meter.release_cache()
         loaded = meter.allocated()
         meter.reset_peak()
-        with torch.inference_mode():
-            pipelines.text2img(["a probe"] * images, num_inference_steps=1, width=size,
-                               height=size, guidance_scale=pipelines.settings.default_guidance,
-                               generator=torch.Generator("cpu").manual_seed(0))
+        pipelines.text_to_image(["a probe"] * images, 1, size, size)
         peaks.append(meter.peak() - loaded)
     meter.release_cache()
     return MemoryUse(first_image=peaks[0], per_image=peaks[1] - peaks[0])

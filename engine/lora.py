@@ -1,9 +1,15 @@
-"""Model versions as LoRAs on the UNet (peft, through diffusers' own adapter support).
+"""Model versions as LoRAs on the denoiser, the UNet or the transformer (peft, through
+diffusers' own adapter support), text encoders and VAE frozen.
 
 A version is one LoRA trained on top of its parent's chain; using a version stacks its whole
 chain on the base model. Training runs in slices, so the engine can generate between them:
-the training adapter lives in the same UNet, and each generation batch activates only the
-active version's chain.
+the training adapter lives in the same denoiser, and each generation batch activates only the
+active version's chain. What to encode, how to noise and what to predict is the model
+family's (engine/families/); the loop here is the same for all.
+
+The adapter's weights are kept in float32 whatever the model's dtype, as diffusers' training
+scripts do: updates to float16 weights underflow. On a GPU the frozen model runs under
+autocast, and a float16 model's loss is scaled (GradScaler) so its gradients do not underflow.
 """
 
 from __future__ import annotations
@@ -14,24 +20,23 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DConditionModel
 from peft import LoraConfig
 from PIL import Image
 
 from engine import protocol
+from engine.families import NotTrainable
 from engine.pipelines import Pipelines
 
 log = logging.getLogger(__name__)
 
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 BATCH_SIZE = 8
 
 
 class Adapters:
-    """Which LoRAs are loaded into the UNet, and which chain generation uses."""
+    """Which LoRAs are loaded into the denoiser, and which chain generation uses."""
 
-    def __init__(self, unet: UNet2DConditionModel) -> None:
-        self.unet = unet
+    def __init__(self, denoiser: torch.nn.Module) -> None:
+        self.denoiser = denoiser
         self.loaded: set[str] = set()
         self.active: tuple[str, ...] = ()
         self.version = "base"
@@ -39,7 +44,7 @@ class Adapters:
     def load(self, chain: tuple[protocol.Adapter, ...]) -> None:
         for adapter in chain:
             if adapter.version not in self.loaded:
-                self.unet.load_lora_adapter(adapter.path, adapter_name=adapter.version,
+                self.denoiser.load_lora_adapter(adapter.path, adapter_name=adapter.version,
                                             prefix=None, use_safetensors=True)
                 self.loaded.add(adapter.version)
 
@@ -50,14 +55,14 @@ class Adapters:
         self.version = version
 
     def activate(self, names: tuple[str, ...]) -> None:
-        """Switch the UNet to exactly these LoRAs (none: the plain base model)."""
+        """Switch the denoiser to exactly these LoRAs (none: the plain base model)."""
         if not self.loaded:
             return
         if names:
-            self.unet.enable_adapters()
-            self.unet.set_adapters(list(names))
+            self.denoiser.enable_adapters()
+            self.denoiser.set_adapters(list(names))
         else:
-            self.unet.disable_adapters()
+            self.denoiser.disable_adapters()
 
     def for_generation(self) -> None:
         self.activate(self.active)
@@ -67,31 +72,40 @@ class LoraTrainer:
     """Fine-tunes one new LoRA a slice of steps at a time."""
 
     def __init__(self, pipes: Pipelines, adapters: Adapters, request: protocol.Train) -> None:
+        self.family = pipes.family
+        if not self.family.trainable:
+            raise NotTrainable(self.family.not_trainable())
         self.request = request
         self.pipes = pipes
         self.adapters = adapters
-        self.unet = pipes.text2img.unet
+        self.denoiser = self.family.denoiser
         self.step = 0
         self.loss = float("nan")
         self.began = time.perf_counter()
         self.chain = tuple(adapter.version for adapter in request.parents) + (request.version,)
         self.generator = torch.Generator("cpu").manual_seed(request.seed)
-        self.noise_schedule = DDPMScheduler.from_config(pipes.text2img.scheduler.config)
-        self.latents, self.embeddings, self.weights = self._encode_examples()
+        self.latents, self.conditioning, self.weights = self._encode_examples()
 
         adapters.load(request.parents)
-        self.unet.add_adapter(LoraConfig(r=request.rank, lora_alpha=request.rank,
+        self.denoiser.add_adapter(LoraConfig(r=request.rank, lora_alpha=request.rank,
                                          init_lora_weights="gaussian",
-                                         target_modules=LORA_TARGETS),
+                                         target_modules=list(self.family.lora_targets)),
                               adapter_name=request.version)
         adapters.loaded.add(request.version)
-        self.parameters = [p for name, p in self.unet.named_parameters()
+        self.parameters = [p for name, p in self.denoiser.named_parameters()
                            if f".{request.version}." in name]
+        for parameter in self.parameters:
+            parameter.data = parameter.data.float()
         self.optimizer = torch.optim.AdamW(self.parameters, lr=request.learning_rate)
+        device = pipes.device.type
+        self.autocast = torch.autocast(device, dtype=pipes.dtype,
+                                       enabled=device == "cuda" and pipes.dtype != torch.float32)
+        self.scaler = torch.amp.GradScaler(device, enabled=pipes.dtype == torch.float16)
 
     @torch.no_grad()
-    def _encode_examples(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """VAE latents and text embeddings of every example, once: both models are frozen."""
+    def _encode_examples(self) -> tuple[torch.Tensor, object, torch.Tensor]:
+        """Latents and text conditioning of every example, once: VAE and text encoders are
+        frozen."""
         pipe = self.pipes.text2img
         size = self.pipes.settings.native_size
         images = []
@@ -99,21 +113,20 @@ class LoraTrainer:
             with Image.open(example.image) as image:
                 image = image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
             images.append(pipe.image_processor.preprocess(image))
-        pixels = torch.cat(images).to(self.pipes.device, self.pipes.dtype)
-        latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
-        prompts = [example.prompt for example in self.request.examples]
-        embeddings, _ = pipe.encode_prompt(prompts, self.pipes.device, 1, False)
+        latents = self.family.encode_images(torch.cat(images))
+        conditioning = self.family.encode_prompts([example.prompt
+                                                   for example in self.request.examples])
         weights = torch.tensor([example.weight for example in self.request.examples])
-        return latents, embeddings, weights
+        return latents, conditioning, weights
 
     @property
     def done(self) -> bool:
         return self.step >= self.request.steps
 
     def run_slice(self, seconds: float) -> None:
-        """Train for about `seconds`, at least one step, then hand the UNet back."""
+        """Train for about `seconds`, at least one step, then hand the denoiser back."""
         self.adapters.activate(self.chain)
-        for name, parameter in self.unet.named_parameters():
+        for name, parameter in self.denoiser.named_parameters():
             parameter.requires_grad_(f".{self.request.version}." in name)
         deadline = time.perf_counter() + seconds
         try:
@@ -131,15 +144,16 @@ class LoraTrainer:
                                   generator=self.generator)
         latents = self.latents[picks]
         noise = torch.randn(latents.shape, generator=self.generator).to(latents)
-        timesteps = torch.randint(0, self.noise_schedule.config.num_train_timesteps,
-                                  (BATCH_SIZE,), generator=self.generator).to(latents.device)
-        noisy = self.noise_schedule.add_noise(latents, noise, timesteps)
+        step = self.family.noised(latents, noise, self.generator)
         with torch.enable_grad():
-            prediction = self.unet(noisy, timesteps, self.embeddings[picks]).sample
-            loss = F.mse_loss(prediction.float(), noise.float())
+            with self.autocast:
+                prediction = self.family.predict(step.noisy.to(self.pipes.dtype),
+                                                 step.timesteps, self.conditioning[picks])
+            loss = F.mse_loss(prediction.float(), step.target.float())
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         return loss.item()
 
     @property
@@ -149,13 +163,13 @@ class LoraTrainer:
     def save(self) -> Path:
         folder = Path(self.request.out_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        self.unet.save_lora_adapter(str(folder), adapter_name=self.request.version)
+        self.denoiser.save_lora_adapter(str(folder), adapter_name=self.request.version)
         for parameter in self.parameters:
             parameter.requires_grad_(False)
         return folder
 
     def discard(self) -> None:
         """Forget the half-trained LoRA; generation goes on with the active version."""
-        self.unet.delete_adapters(self.request.version)
+        self.denoiser.delete_adapters(self.request.version)
         self.adapters.loaded.discard(self.request.version)
         self.adapters.for_generation()

@@ -1,5 +1,6 @@
 """Loading diffusers pipelines: one set of weights shared by text-to-image, image-to-image and
-inpainting, plus the per-model settings the engine needs (native size, defaults)."""
+inpainting, the model's family (engine/families/) and the per-model settings the engine needs
+(native size, defaults)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -17,39 +19,52 @@ from diffusers import (
     DiffusionPipeline,
 )
 
-from engine.random_models import RANDOM_MODELS
-from engine.random_models import build as build_random
+from engine.families import RANDOM_MODELS, Family, ModelSettings, build_random, family_of
 from engine.shapes import MODEL_DIR as SHAPES_DIR
+from engine.shapes import SD3_MODEL_DIR as SHAPES_SD3_DIR
 
 log = logging.getLogger(__name__)
 
-BUNDLED = {"bundled:shapes": SHAPES_DIR}
+BUNDLED = {"bundled:shapes": SHAPES_DIR, "bundled:shapes-sd3": SHAPES_SD3_DIR}
 SETTINGS_FILE = "canvas.json"  # optional per-model settings inside a model folder
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    native_size: int = 512
-    size_multiple: int = 8
-    default_steps: int = 30
-    default_guidance: float = 7.5
-    min_output_size: int = 0
 
 
 @dataclass
 class Pipelines:
     name: str
     text2img: DiffusionPipeline
-    img2img: DiffusionPipeline
-    inpaint: DiffusionPipeline
+    img2img: DiffusionPipeline | None  # None: diffusers has no such pipeline for this model
+    inpaint: DiffusionPipeline | None
     settings: ModelSettings
     device: torch.device
     dtype: torch.dtype
+    family: Family
+
+    def for_kind(self, kind: str) -> DiffusionPipeline:
+        """The pipeline for a job's kind; a ValueError the user can read when there is none."""
+        pipe = {"txt2img": self.text2img, "img2img": self.img2img,
+                "inpaint": self.inpaint}[kind]
+        if pipe is None:
+            what = {"img2img": "/vary", "inpaint": "/inpaint"}[kind]
+            raise ValueError(f"This model ({self.family.label}, "
+                             f"{type(self.text2img).__name__}) cannot do {what}: diffusers has "
+                             "no pipeline for it.")
+        return pipe
+
+    def text_to_image(self, prompts: list[str], steps: int, width: int, height: int,
+                      **extra: Any) -> Any:
+        """A plain text-to-image call at the model's defaults (warm-up, memory probe)."""
+        arguments = self.family.call_arguments(prompts, [""] * len(prompts),
+                                               self.settings.default_guidance)
+        with torch.inference_mode():
+            return self.text2img(**arguments, **self.settings.call, num_inference_steps=steps,
+                                 width=width, height=height,
+                                 generator=torch.Generator("cpu").manual_seed(0), **extra)
 
 
 def resolve_model(spec: str) -> str:
     """`bundled:NAME`, a local diffusers folder, or a hub id, as a from_pretrained argument
-    (`random:sd15` and `random:sdxl` are built, not loaded)."""
+    (`random:…` models are built, not loaded)."""
     if spec in BUNDLED:
         return str(BUNDLED[spec])
     if spec.startswith("bundled:"):
@@ -65,53 +80,94 @@ def pick_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
-    if setting == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return getattr(torch, setting)
+# Families whose activations overflow float16 (FLUX.1 and SD 3 are trained and shipped in bf16).
+BFLOAT16_PIPELINES = ("Flux", "StableDiffusion3")
 
 
-def read_settings(pipe: DiffusionPipeline, folder: Path | None) -> ModelSettings:
-    """The folder's canvas.json if it has one, otherwise what the model's config implies."""
+def pick_dtype(setting: str, device: torch.device, spec: str = "") -> torch.dtype:
+    if setting != "auto":
+        return getattr(torch, setting)
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if pipeline_class(spec).startswith(BFLOAT16_PIPELINES) else torch.float16
+
+
+def pipeline_class(spec: str) -> str:
+    """The pipeline class a model names (its model_index.json), without loading it; '' where
+    it cannot be read."""
+    random_classes = {"random:sd3": "StableDiffusion3Pipeline", "random:flux": "FluxPipeline"}
+    for prefix, name in random_classes.items():
+        if spec.startswith(prefix):
+            return name
+    if not spec or spec.startswith("random:"):
+        return ""
+    try:
+        return DiffusionPipeline.load_config(resolve_model(spec)).get("_class_name", "")
+    except Exception:  # offline, a single file, or no such model: the load will say
+        return ""
+
+
+def read_settings(family: Family, folder: Path | None) -> ModelSettings:
+    """The folder's canvas.json if it has one, otherwise what the model's family reads from
+    its configuration."""
     if folder is not None and (folder / SETTINGS_FILE).is_file():
         return ModelSettings(**json.loads((folder / SETTINGS_FILE).read_text()))
-    vae_factor = getattr(pipe, "vae_scale_factor", 8)
-    down_steps = len(pipe.unet.config.block_out_channels) - 1
-    return ModelSettings(
-        native_size=pipe.unet.config.sample_size * vae_factor,
-        size_multiple=vae_factor * 2**down_steps,
-    )
+    return family.settings()
+
+
+def absent_components(folder: Path | None) -> dict[str, None]:
+    """Components the folder's model_index.json lists as null (SD 3 without T5, say), which
+    from_pretrained must be told are meant to be missing."""
+    index = folder / "model_index.json" if folder is not None else None
+    if index is None or not index.is_file():
+        return {}
+    return {name: None for name, value in json.loads(index.read_text()).items()
+            if isinstance(value, list) and value[:1] == [None]}
 
 
 def load(spec: str, device_setting: str = "auto", dtype_setting: str = "auto",
          compile_models: bool = False) -> Pipelines:
     source = resolve_model(spec)
     device = pick_device(device_setting)
-    dtype = pick_dtype(dtype_setting, device)
+    dtype = pick_dtype(dtype_setting, device, spec)
+    folder = Path(source) if Path(source).is_dir() else None
     log.info("loading %s on %s (%s)", spec, device, dtype)
     if spec in RANDOM_MODELS:
-        text2img = build_random(spec, dtype)
+        text2img = build_random(spec, device, dtype)
     else:
-        text2img = AutoPipelineForText2Image.from_pretrained(source, dtype=dtype)
+        text2img = AutoPipelineForText2Image.from_pretrained(source, dtype=dtype,
+                                                             **absent_components(folder))
     text2img.to(device)
+    family = family_of(text2img)
+    settings = read_settings(family, folder)
+    family.call = settings.call
+    log.info("%s is a %s model (%s)", spec, family.label, type(text2img).__name__)
     if device.type == "cuda":  # convolutions run faster in NHWC on tensor cores
-        text2img.unet.to(memory_format=torch.channels_last)
+        if family.channels_last:
+            family.denoiser.to(memory_format=torch.channels_last)
         text2img.vae.to(memory_format=torch.channels_last)
     if compile_models:
         # Before from_pipe, so all three pipelines share the compiled modules.
-        text2img.unet = torch.compile(text2img.unet)
+        family.set_denoiser(torch.compile(family.denoiser))
         text2img.vae.decode = torch.compile(text2img.vae.decode)
     # from_pipe shares the loaded modules: three pipelines, one copy of the weights.
-    img2img = AutoPipelineForImage2Image.from_pipe(text2img)
-    inpaint = AutoPipelineForInpainting.from_pipe(text2img)
+    img2img = _derived(AutoPipelineForImage2Image, text2img)
+    inpaint = _derived(AutoPipelineForInpainting, text2img)
     for pipe in (text2img, img2img, inpaint):
-        pipe.set_progress_bar_config(disable=True)
-    folder = Path(source) if Path(source).is_dir() else None
-    settings = read_settings(text2img, folder)
-    pipelines = Pipelines(spec, text2img, img2img, inpaint, settings, device, dtype)
+        if pipe is not None:
+            pipe.set_progress_bar_config(disable=True)
+    pipelines = Pipelines(spec, text2img, img2img, inpaint, settings, device, dtype, family)
     if compile_models:
         warm_up(pipelines)
     return pipelines
+
+
+def _derived(auto: type, text2img: DiffusionPipeline) -> DiffusionPipeline | None:
+    try:
+        return auto.from_pipe(text2img)
+    except ValueError as error:  # AutoPipeline knows no such pipeline for this model
+        log.info("%s: %s", auto.__name__, error)
+        return None
 
 
 def warm_up(pipelines: Pipelines) -> None:
@@ -125,9 +181,7 @@ def warm_up(pipelines: Pipelines) -> None:
     tall = fit_size((1, 2), pipelines.settings)
     for images, (width, height) in ((1, square), (2, wide), (1, tall)):
         log.info("warming up the compiled model: %d at %dx%d", images, width, height)
-        with torch.inference_mode():
-            pipelines.text2img(["warm up"] * images, num_inference_steps=2, width=width,
-                               height=height, generator=torch.Generator("cpu").manual_seed(0))
+        pipelines.text_to_image(["warm up"] * images, 2, width, height)
 
 
 def fit_size(aspect: tuple[int, int], settings: ModelSettings) -> tuple[int, int]:

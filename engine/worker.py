@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from engine import protocol
+from engine.families.base import accepts
 from engine.lora import Adapters, LoraTrainer
 from engine.pipelines import Pipelines, fit_size
 
@@ -55,11 +56,13 @@ class Plan:
     started: bool = False
     cancelled: bool = False
 
+    options: tuple = ()  # what else the model's family needs a batch's jobs to share
+
     @property
     def batch_key(self) -> tuple:
         job = self.job
         return (job.kind, job.model, self.width, self.height, self.steps, self.guidance,
-                self.strength)
+                self.strength, self.options)
 
     @property
     def steps_run(self) -> int:
@@ -88,7 +91,7 @@ class Engine:
         self.plans: dict[int, Plan] = {}
         self.slots: deque[Slot] = deque()
         self.stopping = False
-        self.adapters = Adapters(pipelines.text2img.unet)
+        self.adapters = Adapters(pipelines.family.denoiser)
         self.trainer: LoraTrainer | None = None
         # Version switches and training commands wait for the end of the current batch, so
         # a batch never changes model half way.
@@ -147,6 +150,10 @@ class Engine:
             raise ValueError(f"The model {job.model} is not loaded; this engine runs "
                              f"{self.pipes.name}.")
         settings = self.pipes.settings
+        unsupported = self.pipes.family.unsupported(self.pipes.for_kind(job.kind),
+                                                    job.negative_prompt, job.guidance)
+        if unsupported:
+            raise ValueError(unsupported)
         if job.init_image:
             with Image.open(job.init_image) as image:
                 width, height = fit_size(image.size, settings)
@@ -159,7 +166,8 @@ class Engine:
         return Plan(job, width, height,
                     steps=job.steps or settings.default_steps,
                     guidance=settings.default_guidance if job.guidance is None else job.guidance,
-                    strength=strength)
+                    strength=strength,
+                    options=self.pipes.family.batch_options(job.negative_prompt))
 
     def cancel(self, job_id: int) -> None:
         plan = self.plans.pop(job_id, None)
@@ -254,26 +262,27 @@ class Engine:
         plan = batch[0][0]
         jobs = [p.job for p, _ in batch]
         arguments = dict(
-            prompt=[job.prompt for job in jobs],
-            negative_prompt=[job.negative_prompt for job in jobs],
+            **self.pipes.family.call_arguments([job.prompt for job in jobs],
+                                               [job.negative_prompt for job in jobs],
+                                               plan.guidance),
+            **self.pipes.settings.call,
             num_inference_steps=plan.steps,
-            guidance_scale=plan.guidance,
             # CPU generators give the same noise on every device, so a seed means one image.
             generator=[torch.Generator("cpu").manual_seed(p.job.seed + i) for p, i in batch],
             callback_on_step_end=self.step_callback(batch),
         )
         kind = plan.job.kind
+        pipe = self.pipes.for_kind(kind)
         if kind == "txt2img":
-            pipe = self.pipes.text2img
             arguments.update(width=plan.width, height=plan.height)
         else:
             size = (plan.width, plan.height)
             arguments["image"] = [_open_rgb(job.init_image, size) for job in jobs]
             arguments["strength"] = plan.strength
-            pipe = self.pipes.img2img
             if kind == "inpaint":
-                pipe = self.pipes.inpaint
                 arguments["mask_image"] = [_open_mask(job.mask_image, size) for job in jobs]
+                arguments.update(width=plan.width, height=plan.height)
+            elif accepts(pipe, "width"):  # FLUX's img2img sizes its output itself otherwise
                 arguments.update(width=plan.width, height=plan.height)
         with torch.inference_mode():
             output = pipe(**arguments)
@@ -358,7 +367,7 @@ class Engine:
         except Exception as error:
             log.exception("could not start training %s", request.version)
             with contextlib.suppress(Exception):
-                self.pipes.text2img.unet.delete_adapters(request.version)
+                self.pipes.family.denoiser.delete_adapters(request.version)
             self.adapters.loaded.discard(request.version)
             self.adapters.for_generation()
             self.send(protocol.TrainFailed(request.run_id, f"Could not start: {error}"))

@@ -18,10 +18,10 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from bot import commands as cmd
-from bot.service import Attachment, Reply, Service, User
+from bot.service import OPERATOR_PLATFORM, Attachment, Reply, Service, User
 from bot.store import ImageRow, JobRow
 
-PLATFORM = "console"
+PLATFORM = OPERATOR_PLATFORM
 USER = User(PLATFORM, "console", "console")
 ATTACHMENT = re.compile(r'(?:^|\s)--(image|mask)(?:\s+|=)("[^"]*"|\S+)')
 
@@ -147,7 +147,8 @@ class ConsoleAdapter:
             self.emit(
                 {"type": "image", "job": job.id, "image": image.id, "path": image.path,
                  "seed": image.seed, "width": image.width, "height": image.height,
-                 "prompt": job.prompt, "model_version": image.model_version},
+                 "prompt": job.prompt, "model": job.model or self.service.model_name,
+                 "model_version": image.model_version},
                 f"image #{image.id} (job #{job.id}, seed {image.seed}, {image.width}×"
                 f"{image.height}, {image.model_version}): {image.path}",
             )

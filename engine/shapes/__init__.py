@@ -7,3 +7,4 @@ folder.
 from pathlib import Path
 
 MODEL_DIR = Path(__file__).parent / "model"
+SD3_MODEL_DIR = Path(__file__).parent / "model-sd3"  # bundled:shapes-sd3

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from diffusers import (
     AutoencoderKL,
+    DiffusionPipeline,
     DPMSolverMultistepScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
@@ -122,7 +124,7 @@ def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def build_vae() -> AutoencoderKL:
+def build_vae(latent_channels: int = LATENT_CHANNELS) -> AutoencoderKL:
     # Three blocks mean two downsamples: 64×64 pixels -> 16×16 latents.
     return AutoencoderKL(
         in_channels=3,
@@ -131,7 +133,7 @@ def build_vae() -> AutoencoderKL:
         up_block_types=("UpDecoderBlock2D",) * len(VAE_CHANNELS),
         block_out_channels=VAE_CHANNELS,
         layers_per_block=1,
-        latent_channels=LATENT_CHANNELS,
+        latent_channels=latent_channels,
         norm_num_groups=VAE_NORM_GROUPS,
         sample_size=NATIVE_SIZE,
         # Without attention the VAE is purely convolutional, so it can train on small crops.
@@ -241,8 +243,9 @@ def save(pipe: StableDiffusionPipeline, folder: Path) -> None:
     write_json(folder / "canvas.json", canvas_settings(pipe))
 
 
-def write_folder(pipe: StableDiffusionPipeline, model_dir: Path = MODEL_DIR) -> Path:
-    """Write `pipe` as the model folder `model_dir`, replacing any earlier one."""
+def write_folder(pipe: DiffusionPipeline, model_dir: Path = MODEL_DIR,
+                 save: Callable[[DiffusionPipeline, Path], None] = save) -> Path:
+    """Write `pipe` with `save` as the model folder `model_dir`, replacing any earlier one."""
     # Build next to the target and swap it in, so a failed run leaves no half-written folder.
     staging = model_dir.with_name(f".{model_dir.name}-staging")
     shutil.rmtree(staging, ignore_errors=True)
