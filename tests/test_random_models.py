@@ -1,11 +1,14 @@
-"""`random:sd15`: the real Stable Diffusion 1.5 architecture with random weights, loaded through
-the engine's ordinary path (text-to-image, image-to-image and inpainting sharing weights)."""
+"""`random:<family>`: the real architectures with random weights. `random:sd15` is loaded through
+the engine's ordinary path (text-to-image, image-to-image and inpainting sharing weights); every
+family's is the published size."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from accelerate import init_empty_weights
 
+from engine.families import build_random, family_of
 from engine.pipelines import fit_size, load
 
 
@@ -20,3 +23,20 @@ def test_random_sd15_is_the_real_architecture_on_the_ordinary_path():
     image = pipes.text2img("a red circle", num_inference_steps=1, width=64, height=64,
                            generator=torch.Generator("cpu").manual_seed(0)).images[0]
     assert image.size == (64, 64)
+
+
+# Denoiser parameters of each published architecture (SD 3.5 Medium's MMDiT-X; FLUX.1-dev
+# with its guidance embedding, schnell without), counted on empty weights: no memory needed.
+PUBLISHED_DENOISERS = {"random:sd15": 859.5, "random:sd2": 865.9, "random:sdxl": 2567.5,
+                       "random:sd3": 2243.2, "random:flux": 11901.4,
+                       "random:flux-schnell": 11891.2}
+
+
+@pytest.mark.parametrize("spec", PUBLISHED_DENOISERS)
+def test_every_full_random_model_has_the_published_size(spec):
+    with init_empty_weights():
+        pipe = build_random(spec)
+    family = family_of(pipe)
+    assert family.name == spec.removeprefix("random:").removesuffix("-schnell")
+    count = sum(p.numel() for p in family.denoiser.parameters())
+    assert round(count / 1e6, 1) == PUBLISHED_DENOISERS[spec]

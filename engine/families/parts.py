@@ -49,13 +49,18 @@ T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24
 
 
 def tiny_clip(width: int = 32, **extra) -> CLIPTextConfig:
-    return CLIPTextConfig(vocab_size=len(clip_tokenizer(16)), hidden_size=width,
+    tokenizer = clip_tokenizer(16)
+    return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width,
                           intermediate_size=2 * width, num_hidden_layers=2,
                           num_attention_heads=2, max_position_embeddings=16,
-                          projection_dim=width, **extra)
+                          projection_dim=width, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id, **extra)
 
 
 def tiny_t5(width: int = 32) -> T5Config:
-    return T5Config(vocab_size=len(clip_tokenizer(16)), d_model=width, d_kv=8, d_ff=2 * width,
+    tokenizer = clip_tokenizer(16)
+    return T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=2 * width,
                     num_layers=1, num_heads=2, feed_forward_proj="gated-gelu",
-                    is_encoder_decoder=False, relative_attention_num_buckets=8)
+                    is_encoder_decoder=False, relative_attention_num_buckets=8,
+                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
