@@ -183,7 +183,7 @@ class Service:
             case cmd.History():
                 return await self._history(user_id)
             case cmd.Help():
-                return Reply(cmd.HELP_TEXT)
+                return Reply(self._help_text())
             case cmd.Retrain() | cmd.ModelCmd():
                 name = "/retrain" if isinstance(request, cmd.Retrain) else "/model"
                 if not self.is_admin(user):
@@ -284,6 +284,14 @@ class Service:
             return Reply(f"Cancelled job #{job_id}.", job_id=job_id)
         await self.engine.cancel(job_id)
         return Reply(f"Stopping job #{job_id}…", job_id=job_id)
+
+    def _help_text(self) -> str:
+        """The commands, then what this model's family does with the options."""
+        ready = self.engine.ready
+        if ready is None or not ready.family:
+            return cmd.HELP_TEXT
+        about = f"The model here is {ready.model} ({ready.family})."
+        return "\n\n".join([cmd.HELP_TEXT, " ".join([about, *ready.option_notes])])
 
     async def _history(self, user_id: int) -> Reply:
         rows = await self.store.history(user_id, HISTORY_LENGTH)

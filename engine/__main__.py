@@ -87,7 +87,8 @@ def main() -> None:
     engine = Engine(pipelines, args.images, max_batch, send, inbox)
     send(protocol.Ready(args.model, engine.model_version, str(pipelines.device),
                         str(pipelines.dtype).removeprefix("torch."),
-                        pipelines.settings.min_output_size, max_batch))
+                        pipelines.settings.min_output_size, max_batch,
+                        pipelines.family.label, tuple(pipelines.family.option_notes())))
     engine.run()
 
 

@@ -101,6 +101,8 @@ class Ready:
     dtype: str
     min_output_size: int = 0  # chats show this model's images enlarged to at least this
     max_batch: int = 1  # most images the engine generates at once
+    family: str = ""  # the model family, as people call it ("Stable Diffusion XL")
+    option_notes: tuple[str, ...] = ()  # how this family takes --cfg and --no, where it differs
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,7 @@ _TYPES: dict[str, type] = {
 # Fields that hold records or tuples: JSON brings them back as dicts and lists.
 _NESTED: dict[tuple[type, str], type | None] = {
     (Job, "aspect"): None,
+    (Ready, "option_notes"): None,
     (Result, "images"): ImageFile,
     (UseVersion, "chain"): Adapter,
     (Train, "parents"): Adapter,

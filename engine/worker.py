@@ -36,6 +36,9 @@ DEFAULT_VARY_STRENGTH = 0.6
 DEFAULT_INPAINT_STRENGTH = 1.0
 # Training runs this long between generation batches: users wait at most about this much more.
 TRAIN_SLICE_SECONDS = 0.5
+# After an out-of-memory error lowered a kind of job's batches, this many batches run at the
+# lower limit before twice as many are tried again: the pressure may have been passing.
+RECOVERY_BATCHES = 20
 SAFETY_REFUSAL = ("The model's own safety checker flagged this picture, so it was not kept. "
                   "Please try another prompt.")
 Control = protocol.UseVersion | protocol.Train | protocol.CancelTrain
@@ -82,8 +85,10 @@ class Engine:
         self.pipes = pipelines
         self.images_dir = images_dir
         self.max_batch = max_batch
-        # Lowered for a kind of job after a batch of it ran out of device memory.
+        # Lowered for a kind of job after a batch of it ran out of device memory, and raised
+        # again step by step (RECOVERY_BATCHES), or at once when a training run frees its memory.
         self.kind_limits: dict[str, int] = {}
+        self.batches_since_lowered: Counter[str] = Counter()
         self.png_writers = ThreadPoolExecutor(min(8, os.cpu_count() or 1),
                                               thread_name_prefix="png")
         self.send = send
@@ -188,7 +193,7 @@ class Engine:
         self.slots = deque(slot for slot in self.slots if id(slot) not in taken)
         return batch
 
-    def run_batch(self, batch: list[Slot]) -> None:
+    def run_batch(self, batch: list[Slot], halves_of_a_split: bool = False) -> None:
         plans = _plans_of(batch)
         for plan in plans:
             if not plan.started:
@@ -208,6 +213,8 @@ class Engine:
             return
         if self.stopping:
             return  # interrupted: the bot still holds these jobs and puts them back on restart
+        if not halves_of_a_split:
+            self.recover_limit(plans[0].job.kind, len(batch))
         elapsed = time.perf_counter() - began
         for plan in plans:
             plan.engine_seconds += elapsed
@@ -241,15 +248,40 @@ class Engine:
             half = len(batch) // 2
             kind = batch[0][0].job.kind
             self.kind_limits[kind] = min(half, self.kind_limits.get(kind, self.max_batch))
+            self.batches_since_lowered[kind] = 0
             log.warning("out of memory on a batch of %d; splitting it, and making %s batches "
                         "of at most %d from now on", len(batch), kind, self.kind_limits[kind])
-            self.run_batch(batch[:half])
-            self.run_batch(batch[half:])
+            self.run_batch(batch[:half], halves_of_a_split=True)
+            self.run_batch(batch[half:], halves_of_a_split=True)
             return
         plan = batch[0][0]
         log.error("out of memory on one image of %dx%d", plan.width, plan.height)
         self.fail(plan, f"The image ({plan.width}×{plan.height}, {plan.steps} steps) does not "
                   "fit in the device's memory. Try a smaller --ar or fewer --n.")
+
+    def recover_limit(self, kind: str, size: int) -> None:
+        """A batch of `kind` fitted: after enough full ones, try twice as large again."""
+        if kind not in self.kind_limits or size < self.kind_limits[kind]:
+            return
+        self.batches_since_lowered[kind] += 1
+        if self.batches_since_lowered[kind] < RECOVERY_BATCHES:
+            return
+        self.batches_since_lowered[kind] = 0
+        raised = min(self.max_batch, 2 * self.kind_limits[kind])
+        log.info("%d %s batches fitted; trying batches of up to %d again", RECOVERY_BATCHES,
+                 kind, raised)
+        if raised >= self.max_batch:
+            del self.kind_limits[kind]
+        else:
+            self.kind_limits[kind] = raised
+
+    def training_ended(self) -> None:
+        """The trainer's memory is free: batches may be as large as before it ran."""
+        self.trainer = None
+        if self.kind_limits:
+            log.info("training ended: batches of up to %d again", self.max_batch)
+            self.kind_limits.clear()
+            self.batches_since_lowered.clear()
 
     def fail(self, plan: Plan, error: str) -> None:
         if self.plans.pop(plan.job.job_id, None) is None:
@@ -355,7 +387,7 @@ class Engine:
             self.start_training(message)
         elif self.trainer is not None and self.trainer.request.run_id == message.run_id:
             self.trainer.discard()
-            self.trainer = None
+            self.training_ended()
             self.send(protocol.TrainFailed(message.run_id, "Cancelled.", cancelled=True))
 
     def start_training(self, request: protocol.Train) -> None:
@@ -384,11 +416,11 @@ class Engine:
             path = trainer.save()
         except Exception as error:
             log.exception("training %s failed", request.version)
-            self.trainer = None
+            self.training_ended()
             trainer.discard()
             self.send(protocol.TrainFailed(request.run_id, f"Training failed: {error}"))
             return
-        self.trainer = None
+        self.training_ended()
         self.adapters.use(request.version,
                           request.parents + (protocol.Adapter(request.version, str(path)),))
         self.adapters.for_generation()

@@ -12,7 +12,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from engine import protocol
+from engine import protocol, worker
 from engine.pipelines import fit_size, load
 from engine.shapes import MODEL_DIR
 from engine.worker import Engine
@@ -165,6 +165,59 @@ def test_out_of_memory_splits_the_batch_makes_every_image_and_lowers_the_batch(p
     harness.run(protocol.Job(4, "txt2img", "a red circle", seed=4, steps=3))
     [failed] = harness.of_type(protocol.Failed)
     assert failed.job_id == 4 and "does not fit in the device's memory" in failed.error
+
+
+class PassingPressure:
+    """A device that holds one image at a time until the pressure on it passes."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.real_generate, self.tried, self.pressure = engine.generate, [], True
+        engine.generate = self
+
+    def __call__(self, batch):
+        self.tried.append(len(batch))
+        if self.pressure and len(batch) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.real_generate(batch)
+
+
+def jobs(*ids: int) -> list[protocol.Job]:
+    return [protocol.Job(i, "txt2img", "a red circle", seed=i, steps=2) for i in ids]
+
+
+def test_a_lowered_batch_limit_grows_back_once_batches_fit_again(pipelines, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.setattr(worker, "RECOVERY_BATCHES", 2)
+    harness = Harness(pipelines, tmp_path, max_batch=4)
+    device = PassingPressure(harness.engine)
+    harness.run(*jobs(1, 2))
+    assert device.tried == [2, 1, 1]  # lowered to batches of 1
+    device.pressure = False
+    device.tried.clear()
+    harness.run(*jobs(3, 4, 5, 6, 7, 8, 9, 10))
+    # two batches of 1 fit: 2 again; two of 2 fit: back to the full 4
+    assert device.tried == [1, 1, 2, 2, 2]
+    device.tried.clear()
+    assert len(harness.run(*jobs(11, 12, 13, 14))) == 14
+    assert device.tried == [4]
+
+
+def test_a_batch_limit_lowered_during_training_is_lifted_when_training_ends(pipelines, tmp_path):
+    harness = Harness(pipelines, tmp_path, max_batch=4)
+    device = PassingPressure(harness.engine)
+    harness.run(*jobs(1, 2))
+    assert device.tried == [2, 1, 1]
+    device.pressure = False
+    example = harness.sent[-1].images[0].path
+    harness.engine.start_training(protocol.Train(
+        1, "v1", (), (protocol.TrainExample(example, "a red circle", 5.0),) * 4, steps=2,
+        rank=2, out_dir=str(tmp_path / "v1")))
+    while harness.engine.trainer is not None:
+        harness.engine.train_slice()
+    assert harness.of_type(protocol.TrainDone)
+    device.tried.clear()
+    harness.run(*jobs(3, 4, 5))
+    assert device.tried == [3]
 
 
 def test_an_unwritable_images_folder_fails_the_job_clearly_and_the_engine_goes_on(

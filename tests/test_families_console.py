@@ -12,7 +12,10 @@ from PIL import Image
 from engine.families import build_random
 from tests.conftest import run_console, write_config
 
-FAMILIES = ("sd15", "sd2", "sdxl", "sd3", "flux", "flux-schnell")
+LABELS = {"sd15": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x",
+          "sdxl": "Stable Diffusion XL", "sd3": "Stable Diffusion 3.x", "flux": "FLUX.1",
+          "flux-schnell": "FLUX.1"}
+FAMILIES = tuple(LABELS)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,8 @@ def test_every_command_and_a_retrain_work_on_a_plain_folder_of_each_family(
     picture, mask = pictures
 
     made = run_console(config, ["/imagine a red circle --seed 1 --n 4 --steps 3",
-                                "/imagine a red circle --no blue --cfg 3 --seed 2 --steps 3"])
+                                "/imagine a red circle --no blue --cfg 3 --seed 2 --steps 3",
+                                "/help"])
     first = run_console(config, [
         "/vary 1 --seed 3",
         f"/inpaint a blue square --image {picture} --mask {mask} --seed 4",
@@ -48,6 +52,9 @@ def test_every_command_and_a_retrain_work_on_a_plain_folder_of_each_family(
     assert [r["job"] for r in images] == [1, 1, 1, 1, 2, 3, 4]
     assert {r["model"] for r in images} == {str(model)}
     assert {r["model_version"] for r in images} == {"base"}
+    help_text = made.replies[-1]["text"]
+    assert f"({LABELS[family]})" in help_text and "/inpaint" in help_text
+    assert ("true guidance" in help_text) == family.startswith("flux")
     texts = [r["text"] for r in first.records if r["type"] == "text"]
     assert any(t.startswith("Retraining started: v1") for t in texts), texts
     assert any("v1 is ready" in t or "Retraining finished" in t for t in texts), texts
