@@ -1,10 +1,10 @@
-"""How well the bundled shapes model draws what it is asked, read by the pixel checker.
+"""How well a bundled shapes model draws what it is asked, read by the pixel checker.
 
-Run with `python -m benchmarks.quality [--seeds 3]`. Every shape x colour x background
-combination (the default background included, a shape never on its own colour) goes through
-the real engine at the model's default steps and guidance, with seeds that training and tuning
-never used. Prints the share of images with the right shape colour, background and shape, per
-shape and overall, then the time one 64x64 image takes.
+Run with `python -m benchmarks.quality [--seeds 3] [--model bundled:shapes-sd3]`. Every
+shape x colour x background combination (the default background included, a shape never on
+its own colour) goes through the real engine at the model's default steps and guidance, with
+seeds that training and tuning never used. Prints the share of images with the right shape
+colour, background and shape, per shape and overall, then the time one 64x64 image takes.
 """
 
 from __future__ import annotations
@@ -90,14 +90,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds per combination")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default="bundled:shapes",
+                        help="bundled:shapes, bundled:shapes-sd3, or a folder of either's kind")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    pipes = load("bundled:shapes", "cpu")
+    pipes = load(args.model, "cpu")
     settings = pipes.settings
     with tempfile.TemporaryDirectory() as folder:
         scores = measure(pipes, args.seeds, Path(folder))
         per_image = seconds_per_image(pipes, Path(folder))
-    print(f"bundled:shapes, {settings.default_steps} steps, guidance {settings.default_guidance}, "
+    print(f"{args.model}, {settings.default_steps} steps, guidance {settings.default_guidance}, "
           f"{args.seeds} seeds per combination from {FIRST_SEED}")
     print(table(scores))
     print(f"one {settings.native_size}x{settings.native_size} image: {per_image:.3f} s "

@@ -134,3 +134,17 @@ def test_the_bot_process_never_imports_torch_or_diffusers(config):
     assert done.returncode == 0, done.stderr
     assert '"type": "image"' in done.stdout  # it really made an image ...
     assert '{"type": "modules", "heavy": []}' in done.stdout  # ... without loading torch
+
+
+def test_piped_commands_wait_for_room_instead_of_being_refused(tmp_path):
+    """The console is the operator's: past the per-user limit and a full queue, its commands
+    wait (it stops reading) and every one gets its image."""
+    config = write_config(tmp_path, limits={"max_waiting_per_user": 1, "max_queue": 2})
+    count = 8
+    run = run_console(config, [f"/imagine a red circle --seed {seed} --steps 2"
+                               for seed in range(count)])
+    assert run.returncode == 0, run.stderr
+    assert not [r for r in run.records if r["type"] == "error"]
+    assert [len(run.images(job)) for job in range(1, count + 1)] == [1] * count
+    assert {image["model"] for job in range(1, count + 1) for image in run.images(job)} == {
+        "bundled:shapes"}

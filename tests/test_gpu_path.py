@@ -12,16 +12,25 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from engine import protocol
 from engine.batch_size import AUTO_CAP, choose
+from engine.families import build_random
 from engine.pipelines import load, pick_dtype
 from engine.worker import Engine
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def test_half_precision_is_the_default_on_cuda_and_full_on_the_cpu():
-    assert pick_dtype("auto", torch.device("cuda")) == torch.float16
+def test_half_precision_is_the_default_on_cuda_and_full_on_the_cpu(tmp_path):
+    cuda = torch.device("cuda")
+    assert pick_dtype("auto", cuda) == torch.float16
+    assert pick_dtype("auto", cuda, "bundled:shapes") == torch.float16
     assert pick_dtype("auto", torch.device("cpu")) == torch.float32
-    assert pick_dtype("bfloat16", torch.device("cuda")) == torch.bfloat16
+    assert pick_dtype("bfloat16", cuda) == torch.bfloat16
+    # SD 3 and FLUX.1 overflow float16: bfloat16, read from the model's own model_index.json
+    assert pick_dtype("auto", cuda, "random:flux") == torch.bfloat16
+    assert pick_dtype("auto", cuda, "random:sd3-tiny") == torch.bfloat16
+    build_random("random:flux-schnell-tiny").save_pretrained(tmp_path / "flux")
+    assert pick_dtype("auto", cuda, str(tmp_path / "flux")) == torch.bfloat16
+    assert pick_dtype("auto", torch.device("cpu"), str(tmp_path / "flux")) == torch.float32
 
 
 def test_attention_runs_through_scaled_dot_product_attention():
