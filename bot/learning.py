@@ -64,9 +64,17 @@ class Learning:
 
     async def restore(self) -> None:
         """Put a (new) engine on the stored active version."""
+        await self.await_switch(await self.send_restore())
+
+    async def send_restore(self) -> VersionRow | None:
+        """Tell a new engine to use the stored active version, without waiting for its answer:
+        sent before any job, it is applied before any job runs. The version asked for, if any
+        (give it to `await_switch`)."""
         active = await self.versions.active_version(self.base_model)
-        if active is not None and active.lora_path:
-            await self._use(active)
+        if active is None or not active.lora_path:
+            return None
+        await self._send_switch(active)
+        return active
 
     async def idle(self) -> None:
         """Wait until no retraining is running."""
@@ -205,9 +213,18 @@ class Learning:
             await self.announce(run.platform, run.origin, text)
 
     async def _use(self, version: VersionRow) -> None:
+        await self._send_switch(version)
+        await self.await_switch(version)
+
+    async def _send_switch(self, version: VersionRow) -> None:
         chain = await self.versions.chain(version)
         self._switch = asyncio.get_running_loop().create_future()
         await self.engine.control(protocol.UseVersion(version.name, _adapters(chain)))
+
+    async def await_switch(self, version: VersionRow | None) -> None:
+        """Wait for the engine to confirm the switch to `version` that was sent."""
+        if version is None:
+            return
         now = await asyncio.wait_for(self._switch, SWITCH_TIMEOUT)
         if now != version.name:
             raise UserError(f"The engine could not load {version.name}; it is still using "

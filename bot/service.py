@@ -460,8 +460,11 @@ class Service:
                 await self._fail(job_id, "The image engine stopped and could not be "
                                  "restarted. Please tell the bot's admins.")
             return False
+        # The version first, then the jobs: the engine applies what it is sent in order, so
+        # no requeued job runs on the base model while a trained version is active.
+        restoring = await self.learning.send_restore()
         self.engine.feed_from(self.queue)
-        self._spawn(self.learning.restore())  # waits for the engine: not in the pump itself
+        self._spawn(self.learning.await_switch(restoring))  # answered through this pump
         return True
 
     async def _fail(self, job_id: int, error: str, *, cancelled: bool = False) -> None:

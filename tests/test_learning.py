@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import numpy as np
 from PIL import Image
@@ -117,3 +119,21 @@ async def test_a_restart_during_training_leaves_the_store_consistent(tmp_path):
             "No retraining is running. The active version is base."
         image = await image_of(restarted, "/imagine a circle --steps 4")
         assert image.model_version == "base"
+
+
+async def test_jobs_taken_up_after_an_engine_crash_run_on_the_active_version(tmp_path):
+    """The engine is killed while jobs wait and run: the new engine is put on the trained
+    version before it is handed any of them."""
+    async with Bot(tmp_path, max_waiting_per_user=10) as bot:
+        await make_rated_images(bot, 4)
+        await bot.say(bot.console, "/retrain --steps 4 --rank 2")
+        await asyncio.wait_for(bot.service.learning.idle(), 120)
+        assert (await image_of(bot, "/imagine a circle --seed 1 --steps 3")).model_version == "v1"
+        jobs = [await bot.say(ALICE, f"/imagine a circle --seed {seed} --steps 40")
+                for seed in (2, 3, 4)]
+        await bot.recorder.wait_started(jobs[0].job_id)
+        os.kill(bot.service.engine._process.pid, signal.SIGKILL)
+        for job in jobs:
+            await bot.recorder.wait(job.job_id, timeout=120)
+        versions = [bot.recorder.images[job.job_id][0].model_version for job in jobs]
+        assert versions == ["v1", "v1", "v1"]
