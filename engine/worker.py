@@ -142,10 +142,17 @@ class Engine:
                 self.control.append(message)
 
     def accept(self, job: protocol.Job) -> None:
+        """Plan a new job, or answer it at once. Called between steps of a running batch too,
+        so nothing planning raises may escape into that batch."""
         try:
             plan = self.plan(job)
         except (ValueError, OSError) as error:
             self.send(protocol.Failed(job.job_id, str(error), "bad_request"))
+            return
+        except Exception as error:
+            log.exception("could not plan job %d", job.job_id)
+            self.send(protocol.Failed(job.job_id, f"The engine could not take this job: "
+                                      f"{error}", "failed"))
             return
         self.plans[job.job_id] = plan
         self.slots.extend((plan, index) for index in range(job.n))

@@ -220,6 +220,31 @@ def test_a_batch_limit_lowered_during_training_is_lifted_when_training_ends(pipe
     assert device.tried == [3]
 
 
+def test_a_job_that_cannot_be_planned_mid_batch_is_answered_and_the_batch_goes_on(
+        pipelines, tmp_path):
+    harness = Harness(pipelines, tmp_path, max_batch=4)
+    real_plan = harness.engine.plan
+
+    def plan(job):
+        if job.job_id == 2:
+            raise RuntimeError("something no one expected")
+        return real_plan(job)
+
+    harness.engine.plan = plan
+    sent_second = []
+
+    def on_send(message):  # job 2 arrives while job 1's batch runs
+        if isinstance(message, protocol.Progress) and not sent_second:
+            sent_second.append(True)
+            harness.inbox.put(protocol.Job(2, "txt2img", "a blue square", seed=2, steps=2))
+
+    harness.on_send = on_send
+    results = harness.run(protocol.Job(1, "txt2img", "a red circle", seed=1, steps=4))
+    assert list(results) == [1]
+    [failed] = harness.of_type(protocol.Failed)
+    assert failed.job_id == 2 and "could not take this job" in failed.error
+
+
 def test_an_unwritable_images_folder_fails_the_job_clearly_and_the_engine_goes_on(
         pipelines, tmp_path):
     (tmp_path / "out").write_text("a file where the output folder should be")
