@@ -422,6 +422,7 @@ class Service:
         """The job left the queue and the engine: it no longer counts against any limit."""
         self._active.pop(job_id, None)
         self._progress.pop(job_id, None)
+        self._retried.discard(job_id)
         async with self._job_left:
             self._job_left.notify_all()
 

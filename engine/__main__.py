@@ -13,6 +13,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from pathlib import Path
 
 from engine import protocol
@@ -30,6 +31,16 @@ def _claim_stdout():
             messages.write(protocol.encode(message))
 
     return send
+
+
+LOADING_HEARTBEAT = float(os.environ.get("CANVAS_LOADING_HEARTBEAT", "10"))
+
+
+def _say_loading(send, loaded: threading.Event) -> None:
+    """Tell the bot, while the model loads (or downloads), that the engine is alive."""
+    began = time.monotonic()
+    while not loaded.wait(LOADING_HEARTBEAT):
+        send(protocol.Loading(round(time.monotonic() - began, 1)))
 
 
 def _read_stdin(inbox: queue.Queue) -> None:
@@ -54,6 +65,9 @@ def main() -> None:
     args = parser.parse_args()
 
     send = _claim_stdout()
+    loaded = threading.Event()
+    threading.Thread(target=_say_loading, args=(send, loaded), daemon=True,
+                     name="loading").start()
     logging.basicConfig(level=os.environ.get("CANVAS_LOG_LEVEL", "INFO"),
                         format="%(asctime)s engine %(levelname)s %(name)s: %(message)s")
     # Library chatter (deprecations, optional extras) is noise in a bot's log.
@@ -85,6 +99,7 @@ def main() -> None:
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_read_stdin, args=(inbox,), daemon=True, name="stdin").start()
     engine = Engine(pipelines, args.images, max_batch, send, inbox)
+    loaded.set()
     send(protocol.Ready(args.model, engine.model_version, str(pipelines.device),
                         str(pipelines.dtype).removeprefix("torch."),
                         pipelines.settings.min_output_size, max_batch,

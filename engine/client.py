@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,9 @@ from engine import protocol
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT = 600.0  # loading a real model from a slow disk takes minutes
+# While loading, the engine says so every LOADING_HEARTBEAT seconds (engine/__main__.py), so
+# a long first download goes on; an engine silent for this long is stuck and is stopped.
+START_SILENCE = 300.0
 STOP_TIMEOUT = 30.0
 
 
@@ -77,7 +80,7 @@ class EngineClient:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             env=os.environ.copy(), limit=1 << 20,
         )
-        first = await asyncio.wait_for(self._read_one(), START_TIMEOUT)
+        first = await self._until_loaded()
         if not isinstance(first, protocol.Ready):
             await self._process.wait()
             reason = first.error if isinstance(first, protocol.Fatal) else "it exited"
@@ -90,6 +93,29 @@ class EngineClient:
         log.info("engine ready: %s (%s) on %s, %s", first.model, first.model_version,
                  first.device, first.dtype)
         return first
+
+    async def _until_loaded(self) -> protocol.FromEngine | None:
+        """The engine's first message after loading. It says it is still loading every
+        LOADING_HEARTBEAT seconds, so a first download may take as long as it takes; an engine
+        silent for START_SILENCE seconds is stopped and reported."""
+        began = time.monotonic()
+        told = began
+        while True:
+            try:
+                message = await asyncio.wait_for(self._read_one(), START_SILENCE)
+            except TimeoutError:
+                self._process.kill()
+                await self._process.wait()
+                raise EngineError(
+                    f"The engine said nothing for {START_SILENCE:.0f} s while loading "
+                    f"{self.options.model}, so it was stopped. Its log (standard error) says "
+                    "where it was.") from None
+            if not isinstance(message, protocol.Loading):
+                return message
+            if time.monotonic() - told >= 60:
+                told = time.monotonic()
+                log.info("the engine is still loading %s (%.0f s so far; a first download "
+                         "of a large model takes a while)", self.options.model, told - began)
 
     def feed_from(self, source: JobSource) -> None:
         """Move jobs from the queue to the engine whenever it has room for more."""
@@ -152,10 +178,6 @@ class EngineClient:
         self._process.stdin.write(protocol.encode(message))
         await self._process.stdin.drain()
 
-    async def _read_one(self) -> protocol.FromEngine | None:
-        line = await self._process.stdout.readline()
-        return protocol.decode(line) if line else None
-
     async def _read_loop(self) -> None:
         async for message in self._messages():
             finished = isinstance(message, protocol.Result | protocol.Failed)
@@ -167,6 +189,18 @@ class EngineClient:
         if returncode != 0 or lost:
             log.error("engine exited with code %s holding jobs %s", returncode, list(lost))
         await self.events.put(EngineExited(returncode, lost))
+
+    async def _read_one(self) -> protocol.FromEngine | None:
+        """The engine's next message; None when it has closed its output. A line that is not
+        a message (a library printing to the wrong stream, say) is logged and skipped: ending
+        the read there would leave the bot deaf to an engine that goes on working."""
+        while line := await self._process.stdout.readline():
+            try:
+                return protocol.decode(line)
+            except (ValueError, KeyError, TypeError) as error:
+                log.error("the engine sent a line that is not a message (%s): %.200r",
+                          error, line)
+        return None
 
     async def _messages(self) -> AsyncIterator[protocol.FromEngine]:
         while (message := await self._read_one()) is not None:

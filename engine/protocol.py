@@ -94,6 +94,13 @@ class CancelTrain:
 # ---- engine -> bot ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Loading:
+    """Still loading the model (a first download can take long), sent every few seconds."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Ready:
     model: str
     model_version: str
@@ -193,12 +200,12 @@ class TrainFailed:
 
 
 ToEngine = Job | Cancel | Shutdown | UseVersion | Train | CancelTrain
-FromEngine = (Ready | Started | Progress | Result | Failed | Fatal | VersionActive
+FromEngine = (Loading | Ready | Started | Progress | Result | Failed | Fatal | VersionActive
               | TrainProgress | TrainDone | TrainFailed)
 
 _TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (Job, Cancel, Shutdown, UseVersion, Train, CancelTrain, Ready, Started,
+    for cls in (Job, Cancel, Shutdown, UseVersion, Train, CancelTrain, Loading, Ready, Started,
                 Progress, Result, Failed, Fatal, VersionActive, TrainProgress, TrainDone,
                 TrainFailed)
 }

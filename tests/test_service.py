@@ -218,6 +218,7 @@ async def test_a_killed_engine_is_restarted_and_its_job_retried_once(tmp_path):
         assert row["status"] == "done" and bot.recorder.deliveries == [job.job_id]
         assert bot.recorder.images[job.job_id][0].seed == 11
         assert bot.service.engine._process.pid != first_engine.pid
+        assert not bot.service._retried  # done with: forgotten, so the set does not grow
         after = await bot.say(BOB, "/imagine a blue square --steps 3")  # still serving
         await bot.recorder.wait(after.job_id)
         assert len(bot.recorder.images[after.job_id]) == 1

@@ -121,6 +121,9 @@ class _Status:
     task: asyncio.Task | None = None
 
 
+PRUNE_AT = 1024  # chats remembered before those whose pacing is over are forgotten
+
+
 class StatusEdits:
     """Progress edits of status messages, paced per chat (Telegram allows about 20 messages a
     minute in a group, fewer bursts in private): at most one edit in flight per job, and it
@@ -137,6 +140,8 @@ class StatusEdits:
     def reserve(self, chat_id: int) -> float:
         """Claim the chat's next edit slot; the seconds to wait for it."""
         now = time.monotonic()
+        if len(self._next_slot) >= PRUNE_AT:  # a chat whose next slot has passed needs none
+            self._next_slot = {chat: at for chat, at in self._next_slot.items() if at > now}
         slot = max(now, self._next_slot.get(chat_id, 0.0))
         interval = self.group_interval if chat_id < 0 else self.private_interval
         self._next_slot[chat_id] = slot + interval
