@@ -47,6 +47,7 @@ class Learning:
         self.progress: protocol.TrainProgress | None = None
         self._announced_quarter = 0
         self._switch: asyncio.Future[str] | None = None
+        self.notice = ""  # for admins: something they should know (a version that failed)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -64,7 +65,22 @@ class Learning:
 
     async def restore(self) -> None:
         """Put a (new) engine on the stored active version."""
-        await self.await_switch(await self.send_restore())
+        await self.await_restore(await self.send_restore())
+
+    async def await_restore(self, version: VersionRow | None) -> None:
+        """Wait for a restore; one that fails leaves the bot serving the base model, says so
+        in the log and to admins (/model, /retrain status), and records base as active so
+        the store and the engine agree."""
+        try:
+            await self.await_switch(version)
+        except (UserError, TimeoutError) as error:
+            reason = str(error) or f"no answer in {SWITCH_TIMEOUT:.0f} s"
+            log.error("could not put the engine on %s (%s); serving the base model",
+                      version.name, reason)
+            self.notice = (f"Note: the active version {version.name} could not be loaded when "
+                           f"the engine started ({reason}), so the base model is serving. "
+                           f"/model use {version.name} tries again.")
+            await self.versions.set_active_version(await self._base())
 
     async def send_restore(self) -> VersionRow | None:
         """Tell a new engine to use the stored active version, without waiting for its answer:
@@ -126,7 +142,9 @@ class Learning:
     async def status_text(self) -> str:
         active = await self._active_or_base()
         if self.run_id is None:
-            return f"No retraining is running. The active version is {active.name}."
+            return " ".join(filter(None, [
+                f"No retraining is running. The active version is {active.name}.",
+                self.notice]))
         run = await self.versions.run(self.run_id)
         progress = self.progress
         if progress is None or progress.step == 0:
@@ -146,7 +164,8 @@ class Learning:
         active = await self._active_or_base()
         rows = await self.versions.versions(self.base_model)
         names = {row.id: row.name for row in rows}
-        lines = [f"Model versions of {self.base_model}:"]
+        lines = [self.notice] if self.notice else []
+        lines.append(f"Model versions of {self.base_model}:")
         for row in rows:
             if row.lora_path is None:
                 text = f"{row.name} · the model as shipped"
@@ -165,6 +184,7 @@ class Learning:
             raise UserError(f"There is no version {name!r}. /model list shows them.")
         await self._use(version)
         await self.versions.set_active_version(version)
+        self.notice = ""
         return f"Now using {version.name} for new images."
 
     # ---- engine events -------------------------------------------------------------------
@@ -232,7 +252,10 @@ class Learning:
 
     async def _active_or_base(self) -> VersionRow:
         active = await self.versions.active_version(self.base_model)
-        return active or await self.versions.version(self.base_model, "base")
+        return active or await self._base()
+
+    async def _base(self) -> VersionRow:
+        return await self.versions.version(self.base_model, "base")
 
     async def _next_name(self) -> str:
         taken = {row.name for row in await self.versions.versions(self.base_model)}

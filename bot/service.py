@@ -465,7 +465,7 @@ class Service:
         # no requeued job runs on the base model while a trained version is active.
         restoring = await self.learning.send_restore()
         self.engine.feed_from(self.queue)
-        self._spawn(self.learning.await_switch(restoring))  # answered through this pump
+        self._spawn(self.learning.await_restore(restoring))  # answered through this pump
         return True
 
     async def _fail(self, job_id: int, error: str, *, cancelled: bool = False) -> None:

@@ -137,3 +137,21 @@ async def test_jobs_taken_up_after_an_engine_crash_run_on_the_active_version(tmp
             await bot.recorder.wait(job.job_id, timeout=120)
         versions = [bot.recorder.images[job.job_id][0].model_version for job in jobs]
         assert versions == ["v1", "v1", "v1"]
+
+
+async def test_an_active_version_that_cannot_be_loaded_leaves_the_bot_serving_the_base(tmp_path):
+    async with Bot(tmp_path, max_waiting_per_user=10) as bot:
+        await make_rated_images(bot, 4)
+        await bot.say(bot.console, "/retrain --steps 4 --rank 2")
+        await asyncio.wait_for(bot.service.learning.idle(), 120)
+    [weights] = (tmp_path / "versions").rglob("*.safetensors")
+    weights.write_bytes(b"not a LoRA at all")  # a disk error, a bad copy
+
+    async with Bot(tmp_path, max_waiting_per_user=10) as bot:  # it starts
+        assert (await image_of(bot, "/imagine a circle --seed 1 --steps 3")).model_version \
+            == "base"
+        listing = (await bot.say(bot.console, "/model list")).text
+        assert listing.startswith("Note: the active version v1 could not be loaded")
+        assert "base · the model as shipped ← active" in listing
+        status = (await bot.say(bot.console, "/retrain status")).text
+        assert "The active version is base." in status and "v1 could not be loaded" in status
