@@ -12,7 +12,9 @@ import asyncio
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,15 @@ from engine import protocol
 from engine.client import EngineClient
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Switch:
+    """A version switch sent to the engine, and its answer (the version it then uses)."""
+
+    version: VersionRow
+    answer: asyncio.Future[str]
+    given_up: bool = False  # whoever asked stopped waiting
 
 MIN_EXAMPLES = 4
 DEFAULT_STEPS = 200
@@ -46,7 +57,8 @@ class Learning:
         self.run_id: int | None = None
         self.progress: protocol.TrainProgress | None = None
         self._announced_quarter = 0
-        self._switch: asyncio.Future[str] | None = None
+        # Version switches sent to the engine and not yet answered, oldest first.
+        self._pending: deque[Switch] = deque()
         self.notice = ""  # for admins: something they should know (a version that failed)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -67,30 +79,31 @@ class Learning:
         """Put a (new) engine on the stored active version."""
         await self.await_restore(await self.send_restore())
 
-    async def await_restore(self, version: VersionRow | None) -> None:
-        """Wait for a restore; one that fails leaves the bot serving the base model, says so
-        in the log and to admins (/model, /retrain status), and records base as active so
-        the store and the engine agree."""
-        try:
-            await self.await_switch(version)
-        except (UserError, TimeoutError) as error:
-            reason = str(error) or f"no answer in {SWITCH_TIMEOUT:.0f} s"
-            log.error("could not put the engine on %s (%s); serving the base model",
-                      version.name, reason)
-            self.notice = (f"Note: the active version {version.name} could not be loaded when "
-                           f"the engine started ({reason}), so the base model is serving. "
-                           f"/model use {version.name} tries again.")
-            await self.versions.set_active_version(await self._base())
-
-    async def send_restore(self) -> VersionRow | None:
+    async def send_restore(self) -> Switch | None:
         """Tell a new engine to use the stored active version, without waiting for its answer:
-        sent before any job, it is applied before any job runs. The version asked for, if any
-        (give it to `await_switch`)."""
+        sent before any job, it is applied before any job runs."""
         active = await self.versions.active_version(self.base_model)
         if active is None or not active.lora_path:
             return None
-        await self._send_switch(active)
-        return active
+        return await self._send_switch(active)
+
+    async def await_restore(self, switch: Switch | None) -> None:
+        """Wait for a restore; one that fails leaves the bot serving the base model, says so
+        in the log and to admins (/model, /retrain status), and records base as active so
+        the store and the engine agree."""
+        if switch is None:
+            return
+        try:
+            await self._await_switch(switch)
+        except (UserError, TimeoutError) as error:
+            name = switch.version.name
+            reason = str(error) or f"no answer in {SWITCH_TIMEOUT:.0f} s"
+            log.error("could not put the engine on %s (%s); serving the base model", name,
+                      reason)
+            self.notice = (f"Note: the active version {name} could not be loaded when the "
+                           f"engine started ({reason}), so the base model is serving. "
+                           f"/model use {name} tries again.")
+            await self.versions.set_active_version(await self._base())
 
     async def idle(self) -> None:
         """Wait until no retraining is running."""
@@ -192,8 +205,7 @@ class Learning:
     async def on_event(self, event: protocol.FromEngine) -> None:
         match event:
             case protocol.VersionActive():
-                if self._switch is not None and not self._switch.done():
-                    self._switch.set_result(event.version)
+                await self._switched(event.version)
             case protocol.TrainProgress():
                 self.progress = event
                 await self.versions.record_progress(event.run_id, event.step, event.loss)
@@ -218,6 +230,13 @@ class Learning:
                 await self._tell(event.run_id, f"Retraining {what}. Still using {active.name}.")
 
     async def engine_died(self) -> None:
+        while self._pending:  # a dead engine answers nothing
+            switch = self._pending.popleft()
+            if switch.given_up:
+                switch.answer.cancel()
+            else:
+                switch.answer.set_exception(UserError(
+                    "The image engine stopped before switching; please try again."))
         if self.run_id is not None:
             await self.on_event(protocol.TrainFailed(self.run_id, "the image engine stopped"))
 
@@ -233,22 +252,38 @@ class Learning:
             await self.announce(run.platform, run.origin, text)
 
     async def _use(self, version: VersionRow) -> None:
-        await self._send_switch(version)
-        await self.await_switch(version)
+        await self._await_switch(await self._send_switch(version))
 
-    async def _send_switch(self, version: VersionRow) -> None:
+    async def _send_switch(self, version: VersionRow) -> Switch:
         chain = await self.versions.chain(version)
-        self._switch = asyncio.get_running_loop().create_future()
+        switch = Switch(version, asyncio.get_running_loop().create_future())
+        self._pending.append(switch)
         await self.engine.control(protocol.UseVersion(version.name, _adapters(chain)))
+        return switch
 
-    async def await_switch(self, version: VersionRow | None) -> None:
-        """Wait for the engine to confirm the switch to `version` that was sent."""
-        if version is None:
+    async def _await_switch(self, switch: Switch) -> None:
+        """Wait for the engine's answer to this switch (its own, even with others pending)."""
+        try:
+            now = await asyncio.wait_for(asyncio.shield(switch.answer), SWITCH_TIMEOUT)
+        except TimeoutError:
+            switch.given_up = True  # a late answer still brings the store in line
+            raise
+        if now != switch.version.name:
+            raise UserError(f"The engine could not load {switch.version.name}; it is still "
+                            f"using {now}. The log has the details.")
+
+    async def _switched(self, now: str) -> None:
+        """The engine answers each UseVersion, in order, with the version it now uses."""
+        if not self._pending:
             return
-        now = await asyncio.wait_for(self._switch, SWITCH_TIMEOUT)
-        if now != version.name:
-            raise UserError(f"The engine could not load {version.name}; it is still using "
-                            f"{now}. The log has the details.")
+        switch = self._pending.popleft()
+        switch.answer.set_result(now)
+        if switch.given_up:
+            # Whoever asked stopped waiting (a long batch ran): make the store say what the
+            # engine really uses, so the two never disagree.
+            log.warning("a late version switch: the engine now uses %s", now)
+            if (version := await self.versions.version(self.base_model, now)) is not None:
+                await self.versions.set_active_version(version)
 
     async def _active_or_base(self) -> VersionRow:
         active = await self.versions.active_version(self.base_model)

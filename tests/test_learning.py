@@ -9,6 +9,7 @@ import signal
 import numpy as np
 from PIL import Image
 
+from bot import learning
 from bot.learning import MIN_EXAMPLES
 from tests.test_service import ALICE, BOB, Bot
 
@@ -97,7 +98,11 @@ async def test_the_bot_serves_during_training_and_cancel_keeps_the_version(tmp_p
         assert image.model_version == "base"
         assert bot.service.learning.run_id is not None
 
-        status = (await bot.say(bot.console, "/retrain status")).text
+        for _ in range(300):  # the first slice's progress may still be on its way
+            status = (await bot.say(bot.console, "/retrain status")).text
+            if not status.startswith("Retraining v1 is starting"):
+                break
+            await asyncio.sleep(0.1)
         assert status.startswith("Retraining v1: step ") and "loss" in status
 
         await bot.say(bot.console, "/retrain cancel")
@@ -155,3 +160,43 @@ async def test_an_active_version_that_cannot_be_loaded_leaves_the_bot_serving_th
         assert "base · the model as shipped ← active" in listing
         status = (await bot.say(bot.console, "/retrain status")).text
         assert "The active version is base." in status and "v1 could not be loaded" in status
+
+
+async def test_switches_asked_at_once_each_get_their_own_answer_and_the_store_agrees(tmp_path):
+    async with Bot(tmp_path, max_waiting_per_user=10) as bot:
+        await make_rated_images(bot, 4)
+        await bot.say(bot.console, "/retrain --steps 4 --rank 2")
+        await asyncio.wait_for(bot.service.learning.idle(), 120)
+        replies = await asyncio.wait_for(asyncio.gather(
+            bot.say(bot.console, "/model use base"), bot.say(bot.console, "/model use v1"),
+            bot.say(bot.console, "/model use base")), 60)
+        assert [r.text for r in replies] == ["Now using base for new images.",
+                                             "Now using v1 for new images.",
+                                             "Now using base for new images."]
+        listing = (await bot.say(bot.console, "/model list")).text
+        assert "base · the model as shipped ← active" in listing
+        assert (await image_of(bot, "/imagine a circle --seed 1 --steps 3")).model_version \
+            == "base"
+
+
+async def test_a_switch_answered_after_its_caller_gave_up_still_brings_the_store_in_line(
+        tmp_path, monkeypatch):
+    async with Bot(tmp_path, max_waiting_per_user=10) as bot:
+        await make_rated_images(bot, 4)
+        await bot.say(bot.console, "/retrain --steps 4 --rank 2")
+        await asyncio.wait_for(bot.service.learning.idle(), 120)
+        await bot.say(bot.console, "/model use base")
+        long_job = await bot.say(ALICE, "/imagine a circle --seed 5 --steps 100")
+        await bot.recorder.wait_started(long_job.job_id)
+        monkeypatch.setattr(learning, "SWITCH_TIMEOUT", 0.05)  # gives up behind the batch
+        timed_out = await bot.say(bot.console, "/model use v1")
+        assert timed_out.error
+        await bot.recorder.wait(long_job.job_id, timeout=120)
+        for _ in range(100):  # the engine switches after the batch; the store follows
+            if "v1 · from base" in (listing := (await bot.say(bot.console, "/model list")).text) \
+                    and "← active" in listing.split("v1 · from base")[1]:
+                break
+            await asyncio.sleep(0.1)
+        assert "← active" in listing.split("v1 · from base")[1], listing
+        assert (await image_of(bot, "/imagine a circle --seed 1 --steps 3")).model_version \
+            == "v1"
