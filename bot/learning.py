@@ -57,6 +57,7 @@ class Learning:
         self.run_id: int | None = None
         self.progress: protocol.TrainProgress | None = None
         self._announced_quarter = 0
+        self._starting = asyncio.Lock()
         # Version switches sent to the engine and not yet answered, oldest first.
         self._pending: deque[Switch] = deque()
         self.notice = ""  # for admins: something they should know (a version that failed)
@@ -124,6 +125,13 @@ class Learning:
         return await self.retrain(user_id, request, origin)
 
     async def retrain(self, user_id: int, request: cmd.Retrain, origin: dict[str, Any]) -> str:
+        # From the check to the run's id is several awaits: two /retrain at once (Telegram
+        # handles updates concurrently) must not both pass it.
+        async with self._starting:
+            return await self._start_run(user_id, request, origin)
+
+    async def _start_run(self, user_id: int, request: cmd.Retrain,
+                         origin: dict[str, Any]) -> str:
         if self.run_id is not None:
             raise UserError("A retraining is already running. /retrain status shows it; "
                             "/retrain cancel stops it.")
@@ -224,6 +232,8 @@ class Learning:
             case protocol.TrainFailed():
                 status = "cancelled" if event.cancelled else "failed"
                 await self.versions.finish_run(event.run_id, status, event.error)
+                if event.run_id != self.run_id:
+                    return  # not the run in progress (the engine refused a second one)
                 self._finished()
                 active = await self._active_or_base()
                 what = "was cancelled" if event.cancelled else f"failed: {event.error}"

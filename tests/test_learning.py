@@ -200,3 +200,16 @@ async def test_a_switch_answered_after_its_caller_gave_up_still_brings_the_store
         assert "← active" in listing.split("v1 · from base")[1], listing
         assert (await image_of(bot, "/imagine a circle --seed 1 --steps 3")).model_version \
             == "v1"
+
+
+async def test_two_retrains_at_once_start_one_run_and_it_finishes(tmp_path):
+    async with Bot(tmp_path, max_waiting_per_user=10) as bot:
+        await make_rated_images(bot, 4)
+        replies = await asyncio.gather(bot.say(bot.console, "/retrain --steps 4 --rank 2"),
+                                       bot.say(bot.console, "/retrain --steps 4 --rank 2"))
+        started = [r for r in replies if r.text.startswith("Retraining started: v1")]
+        refused = [r for r in replies if r.error and "already running" in r.text]
+        assert len(started) == 1 and len(refused) == 1, [r.text for r in replies]
+        await asyncio.wait_for(bot.service.learning.idle(), 120)
+        await bot.recorder.announcement("Retraining finished: v1 is now active")
+        assert not [a for a in bot.recorder.announcements if "failed" in a]
