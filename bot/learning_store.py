@@ -66,10 +66,11 @@ class LearningStore:
     """`LearningStore(store)`: the learning loop's tables, on the store's connection."""
 
     def __init__(self, store: Store) -> None:
-        self._db = store.connection
+        self._read = store.reader
+        self.transaction = store.transaction
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
-        async with self._db.execute(sql, params) as cursor:
+        async with self._read.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
 
     async def training_examples(self, min_score: float) -> list[TrainingExample]:
@@ -114,24 +115,24 @@ class LearningStore:
         return VersionRow(**dict(rows[0])) if rows else None
 
     async def set_active_version(self, version: VersionRow) -> None:
-        await self._db.execute(
-            """INSERT INTO active_versions (base_model, version_id) VALUES (?, ?)
-               ON CONFLICT (base_model) DO UPDATE SET version_id = excluded.version_id""",
-            (version.base_model, version.id))
-        await self._db.commit()
+        async with self.transaction() as db:
+            await db.execute(
+                """INSERT INTO active_versions (base_model, version_id) VALUES (?, ?)
+                   ON CONFLICT (base_model) DO UPDATE SET version_id = excluded.version_id""",
+                (version.base_model, version.id))
 
     # ---- training runs -------------------------------------------------------------------
 
     async def start_run(self, *, version: str, base_model: str, parent_id: int, user_id: int,
                         steps: int, rank: int, min_score: float, images_used: int,
                         ratings_used: int, origin: dict[str, Any]) -> int:
-        cursor = await self._db.execute(
-            """INSERT INTO training_runs (version, base_model, parent_id, user_id, steps, rank,
-                   min_score, images_used, ratings_used, origin, started_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (version, base_model, parent_id, user_id, steps, rank, min_score, images_used,
-             ratings_used, json.dumps(origin), time.time()))
-        await self._db.commit()
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                """INSERT INTO training_runs (version, base_model, parent_id, user_id, steps, rank,
+                       min_score, images_used, ratings_used, origin, started_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (version, base_model, parent_id, user_id, steps, rank, min_score, images_used,
+                 ratings_used, json.dumps(origin), time.time()))
         return cursor.lastrowid
 
     async def run(self, run_id: int) -> RunRow | None:
@@ -146,46 +147,42 @@ class LearningStore:
         return RunRow(**values)
 
     async def record_progress(self, run_id: int, step: int, loss: float) -> None:
-        await self._db.execute("UPDATE training_runs SET step = ?, loss = ? WHERE id = ?",
-                               (step, loss, run_id))
-        await self._db.commit()
+        async with self.transaction() as db:
+            await db.execute("UPDATE training_runs SET step = ?, loss = ? WHERE id = ?",
+                                   (step, loss, run_id))
 
     async def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
-        await self._db.execute(
-            """UPDATE training_runs SET status = ?, error = ?, finished_at = ?
-               WHERE id = ? AND status = 'running'""",
-            (status, error, time.time(), run_id))
-        await self._db.commit()
+        async with self.transaction() as db:
+            await db.execute(
+                """UPDATE training_runs SET status = ?, error = ?, finished_at = ?
+                   WHERE id = ? AND status = 'running'""",
+                (status, error, time.time(), run_id))
 
     async def interrupt_runs(self) -> int:
         """Runs left 'running' by a crash or a restart: they can never finish now."""
-        cursor = await self._db.execute(
-            """UPDATE training_runs SET status = 'failed', finished_at = ?,
-                   error = 'Interrupted: the bot stopped during training.'
-               WHERE status = 'running'""", (time.time(),))
-        await self._db.commit()
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                """UPDATE training_runs SET status = 'failed', finished_at = ?,
+                       error = 'Interrupted: the bot stopped during training.'
+                   WHERE status = 'running'""", (time.time(),))
         return cursor.rowcount
 
     async def finish_run_with_version(self, run_id: int, lora_path: str, final_loss: float,
                                       seconds: float) -> VersionRow:
         """The run succeeded: store its version and make it active, in one transaction."""
         run = await self.run(run_id)
-        try:
-            cursor = await self._db.execute(
+        async with self.transaction() as db:
+            cursor = await db.execute(
                 """INSERT INTO model_versions (name, base_model, parent_id, lora_path,
                        images_used, ratings_used, steps, rank, final_loss, seconds, created_at)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (run.version, run.base_model, run.parent_id, lora_path, run.images_used,
                  run.ratings_used, run.steps, run.rank, final_loss, seconds, time.time()))
-            await self._db.execute(
+            await db.execute(
                 """INSERT INTO active_versions (base_model, version_id) VALUES (?, ?)
                    ON CONFLICT (base_model) DO UPDATE SET version_id = excluded.version_id""",
                 (run.base_model, cursor.lastrowid))
-            await self._db.execute(
+            await db.execute(
                 """UPDATE training_runs SET status = 'done', step = steps, loss = ?,
                        finished_at = ? WHERE id = ?""", (final_loss, time.time(), run_id))
-            await self._db.commit()
-        except BaseException:
-            await self._db.rollback()
-            raise
         return await self.version(run.base_model, run.version)

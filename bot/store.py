@@ -6,9 +6,11 @@ tells a restarted bot which finished jobs still owe the user a reply.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,11 +215,30 @@ def _image(row: aiosqlite.Row) -> ImageRow:
     return ImageRow(**dict(row))
 
 
-class Store:
-    """The SQLite store. Open with `await Store.open(path)`; close with `await store.close()`."""
+def _file_uri(path: Path) -> str:
+    return path.absolute().as_uri()
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    async with db.execute("PRAGMA user_version") as cursor:
+        (version,) = await cursor.fetchone()
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        # One transaction per migration: the schema and its number change together.
+        await db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+
+
+class Store:
+    """The SQLite store. Open with `await Store.open(path)`; close with `await store.close()`.
+
+    Every coroutine shares it, so writes go through `transaction()`: one at a time (a lock)
+    in a BEGIN IMMEDIATE transaction, so no one's commit can carry half of another's work nor
+    a rollback drop it. Reads go through a read-only connection of their own, which sees
+    what is committed (WAL lets it read while the writer writes)."""
+
+    def __init__(self, db: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self._db = db
+        self._read = reader
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -228,27 +249,36 @@ class Store:
         await db.execute("PRAGMA foreign_keys = ON")
         await db.execute("PRAGMA busy_timeout = 5000")
         await db.execute("PRAGMA synchronous = NORMAL")
-        store = cls(db)
-        await store._migrate()
-        return store
+        await _migrate(db)
+        reader = await aiosqlite.connect(f"{_file_uri(path)}?mode=ro", uri=True)
+        reader.row_factory = aiosqlite.Row
+        await reader.execute("PRAGMA busy_timeout = 5000")
+        return cls(db, reader)
 
     async def close(self) -> None:
+        await self._read.close()
         await self._db.close()
 
-    @property
-    def connection(self) -> aiosqlite.Connection:
-        """For stores of other tables (bot/learning_store.py) that share this database."""
-        return self._db
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The writing connection, inside a transaction of its own: committed when the block
+        ends, rolled back if it raises."""
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.rollback()
+                raise
+            await self._db.commit()
 
-    async def _migrate(self) -> None:
-        version = await self.schema_version()
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            # One transaction per migration: the schema and its number change together.
-            await self._db.executescript(
-                f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        """For stores of other tables (bot/learning_store.py) that share this database."""
+        return self._read
 
     async def schema_version(self) -> int:
-        async with self._db.execute("PRAGMA user_version") as cursor:
+        async with self._read.execute("PRAGMA user_version") as cursor:
             (version,) = await cursor.fetchone()
         return version
 
@@ -256,14 +286,15 @@ class Store:
 
     async def ensure_user(self, platform: str, platform_user_id: str,
                           name: str | None = None) -> int:
-        await self._db.execute(
-            """INSERT INTO users (platform, platform_user_id, name, created_at) VALUES (?, ?, ?, ?)
-               ON CONFLICT (platform, platform_user_id)
-               DO UPDATE SET name = COALESCE(excluded.name, users.name)""",
-            (platform, platform_user_id, name, time.time()),
-        )
-        await self._db.commit()
-        async with self._db.execute(
+        async with self.transaction() as db:
+            await db.execute(
+                """INSERT INTO users (platform, platform_user_id, name, created_at)
+                   VALUES (?, ?, ?, ?)
+                   ON CONFLICT (platform, platform_user_id)
+                   DO UPDATE SET name = COALESCE(excluded.name, users.name)""",
+                (platform, platform_user_id, name, time.time()),
+            )
+        async with self._read.execute(
             "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?",
             (platform, platform_user_id),
         ) as cursor:
@@ -273,17 +304,17 @@ class Store:
     # ---- jobs ----------------------------------------------------------------------------
 
     async def add_job(self, job: NewJob) -> int:
-        cursor = await self._db.execute(
-            """INSERT INTO jobs (user_id, kind, prompt, negative_prompt, seed, n, steps, guidance,
-                   aspect_w, aspect_h, strength, model, source_image_id, init_path, mask_path,
-                   origin, queued_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (job.user_id, job.kind, job.prompt, job.negative_prompt, job.seed, job.n, job.steps,
-             job.guidance, job.aspect[0], job.aspect[1], job.strength, job.model,
-             job.source_image_id, job.init_path, job.mask_path, json.dumps(job.origin),
-             time.time()),
-        )
-        await self._db.commit()
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                """INSERT INTO jobs (user_id, kind, prompt, negative_prompt, seed, n, steps,
+                       guidance, aspect_w, aspect_h, strength, model, source_image_id,
+                       init_path, mask_path, origin, queued_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (job.user_id, job.kind, job.prompt, job.negative_prompt, job.seed, job.n, job.steps,
+                 job.guidance, job.aspect[0], job.aspect[1], job.strength, job.model,
+                 job.source_image_id, job.init_path, job.mask_path, json.dumps(job.origin),
+                 time.time()),
+            )
         return cursor.lastrowid
 
     async def job_for_request(self, request_key: str) -> JobRow | None:
@@ -293,12 +324,12 @@ class Store:
         return rows[0] if rows else None
 
     async def get_job(self, job_id: int) -> JobRow | None:
-        async with self._db.execute(f"{_JOB_SELECT} WHERE jobs.id = ?", (job_id,)) as cursor:
+        async with self._read.execute(f"{_JOB_SELECT} WHERE jobs.id = ?", (job_id,)) as cursor:
             row = await cursor.fetchone()
         return _job(row) if row else None
 
     async def _jobs(self, where: str, params: Sequence[Any] = ()) -> list[JobRow]:
-        async with self._db.execute(f"{_JOB_SELECT} WHERE {where}", params) as cursor:
+        async with self._read.execute(f"{_JOB_SELECT} WHERE {where}", params) as cursor:
             return [_job(row) for row in await cursor.fetchall()]
 
     async def active_jobs(self) -> list[JobRow]:
@@ -314,77 +345,72 @@ class Store:
 
     async def mark_started(self, job_id: int, width: int, height: int, steps: int,
                            guidance: float) -> None:
-        await self._db.execute(
-            """UPDATE jobs SET status = 'running', started_at = ?, width = ?, height = ?,
-                   steps = ?, guidance = ?
-               WHERE id = ? AND status = 'queued'""",
-            (time.time(), width, height, steps, guidance, job_id),
-        )
-        await self._db.commit()
+        async with self.transaction() as db:
+            await db.execute(
+                """UPDATE jobs SET status = 'running', started_at = ?, width = ?, height = ?,
+                       steps = ?, guidance = ?
+                   WHERE id = ? AND status = 'queued'""",
+                (time.time(), width, height, steps, guidance, job_id),
+            )
 
     async def mark_requeued(self, job_id: int) -> None:
-        await self._db.execute(
-            """UPDATE jobs SET status = 'queued', started_at = NULL
-               WHERE id = ? AND status = 'running'""",
-            (job_id,),
-        )
-        await self._db.commit()
+        async with self.transaction() as db:
+            await db.execute(
+                """UPDATE jobs SET status = 'queued', started_at = NULL
+                   WHERE id = ? AND status = 'running'""",
+                (job_id,),
+            )
 
     async def save_result(self, job_id: int, images: Iterable[NewImage], engine_seconds: float,
                           model_version: str) -> list[ImageRow]:
         """Store the images and finish the job, in one transaction."""
         now = time.time()
-        # sqlite3 opens a transaction before the first INSERT; nothing is visible until commit.
-        try:
+        async with self.transaction() as db:
             for idx, image in enumerate(images):
-                await self._db.execute(
+                await db.execute(
                     """INSERT INTO images (job_id, idx, path, seed, width, height, model_version,
                            created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
                     (job_id, idx, image.path, image.seed, image.width, image.height,
                      model_version, now),
                 )
-            await self._db.execute(
+            await db.execute(
                 """UPDATE jobs SET status = 'done', finished_at = ?, engine_seconds = ?,
                        error = NULL
                    WHERE id = ?""",
                 (now, engine_seconds, job_id),
             )
-            await self._db.commit()
-        except BaseException:
-            await self._db.rollback()
-            raise
         return await self.images_for_job(job_id)
 
     async def mark_failed(self, job_id: int, error: str, *, cancelled: bool = False) -> None:
-        await self._db.execute(
-            "UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
-            ("cancelled" if cancelled else "failed", error, time.time(), job_id),
-        )
-        await self._db.commit()
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
+                ("cancelled" if cancelled else "failed", error, time.time(), job_id),
+            )
 
     async def mark_delivered(self, job_id: int) -> None:
-        await self._db.execute(
-            "UPDATE jobs SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL",
-            (time.time(), job_id),
-        )
-        await self._db.commit()
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL",
+                (time.time(), job_id),
+            )
 
     # ---- images and ratings --------------------------------------------------------------
 
     async def get_image(self, image_id: int) -> ImageRow | None:
-        async with self._db.execute("SELECT * FROM images WHERE id = ?", (image_id,)) as cursor:
+        async with self._read.execute("SELECT * FROM images WHERE id = ?", (image_id,)) as cursor:
             row = await cursor.fetchone()
         return _image(row) if row else None
 
     async def images_for_job(self, job_id: int) -> list[ImageRow]:
-        async with self._db.execute(
+        async with self._read.execute(
             "SELECT * FROM images WHERE job_id = ? ORDER BY idx", (job_id,)
         ) as cursor:
             return [_image(row) for row in await cursor.fetchall()]
 
     async def history(self, user_id: int, limit: int = 10) -> list[tuple[ImageRow, str]]:
         """The user's most recent images, newest first, each with the prompt that made it."""
-        async with self._db.execute(
+        async with self._read.execute(
             """SELECT images.*, jobs.prompt AS prompt
                FROM images JOIN jobs ON jobs.id = images.job_id
                WHERE jobs.user_id = ? ORDER BY images.id DESC LIMIT ?""",
@@ -400,16 +426,16 @@ class Store:
 
     async def rate(self, image_id: int, user_id: int, score: int) -> None:
         """Record a score; a second rating by the same user replaces the first."""
-        await self._db.execute(
-            """INSERT INTO ratings (image_id, user_id, score, rated_at) VALUES (?, ?, ?, ?)
-               ON CONFLICT (image_id, user_id)
-               DO UPDATE SET score = excluded.score, rated_at = excluded.rated_at""",
-            (image_id, user_id, score, time.time()),
-        )
-        await self._db.commit()
+        async with self.transaction() as db:
+            await db.execute(
+                """INSERT INTO ratings (image_id, user_id, score, rated_at) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (image_id, user_id)
+                   DO UPDATE SET score = excluded.score, rated_at = excluded.rated_at""",
+                (image_id, user_id, score, time.time()),
+            )
 
     async def rating(self, image_id: int, user_id: int) -> int | None:
-        async with self._db.execute(
+        async with self._read.execute(
             "SELECT score FROM ratings WHERE image_id = ? AND user_id = ?", (image_id, user_id)
         ) as cursor:
             row = await cursor.fetchone()
@@ -418,13 +444,13 @@ class Store:
     # ---- model versions ------------------------------------------------------------------
 
     async def ensure_model_version(self, name: str, base_model: str) -> int:
-        await self._db.execute(
-            """INSERT INTO model_versions (name, base_model, created_at) VALUES (?, ?, ?)
-               ON CONFLICT (base_model, name) DO NOTHING""",
-            (name, base_model, time.time()),
-        )
-        await self._db.commit()
-        async with self._db.execute(
+        async with self.transaction() as db:
+            await db.execute(
+                """INSERT INTO model_versions (name, base_model, created_at) VALUES (?, ?, ?)
+                   ON CONFLICT (base_model, name) DO NOTHING""",
+                (name, base_model, time.time()),
+            )
+        async with self._read.execute(
             "SELECT id FROM model_versions WHERE base_model = ? AND name = ?",
             (base_model, name),
         ) as cursor:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import pytest
 
+from bot.learning_store import LearningStore
 from bot.store import MIGRATIONS, NewImage, NewJob, Store
 
 
@@ -53,3 +55,27 @@ async def test_results_ratings_and_delivery(tmp_path):
     with pytest.raises(sqlite3.IntegrityError):
         await store.rate(images[0].id, user, 6)
     await store.close()
+
+
+async def test_a_write_that_fails_beside_another_takes_nothing_of_the_other_with_it(tmp_path):
+    """Every coroutine shares the store: one write's rollback must not drop another's
+    uncommitted work (each write is its own transaction)."""
+    store = await Store.open(tmp_path / "canvas.db")
+    learning = LearningStore(store)
+    user = await store.ensure_user("telegram", "5", "ann")
+    try:
+        for round_ in range(5):
+            job = await store.add_job(NewJob(user, "txt2img", "a red circle", seed=round_))
+            images = [NewImage(f"{round_}-{i}.png", i, 64, 64) for i in range(4)]
+
+            async def failing() -> None:
+                with pytest.raises(AttributeError):  # no such run: it fails half way
+                    await learning.finish_run_with_version(999, "lora", 0.1, 1.0)
+
+            await asyncio.gather(store.save_result(job, images, 1.0, "base"),
+                                 *(failing() for _ in range(3)))
+            assert [image.path for image in await store.images_for_job(job)] == [
+                f"{round_}-{i}.png" for i in range(4)]
+            assert (await store.get_job(job)).status == "done"
+    finally:
+        await store.close()
