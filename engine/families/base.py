@@ -61,6 +61,8 @@ class Family:
     # Convolutional denoisers run faster in NHWC on a GPU's tensor cores.
     channels_last: ClassVar[bool] = True
     trainable: ClassVar[bool] = False
+    # diffusers' pipeline classes of this family: text-to-image, image-to-image, inpainting
+    pipelines: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, pipe: DiffusionPipeline) -> None:
         self.pipe = pipe
@@ -68,7 +70,7 @@ class Family:
 
     @classmethod
     def recognises(cls, pipe: DiffusionPipeline) -> bool:
-        return False
+        return class_named(pipe, *cls.pipelines)
 
     # ---- generation -----------------------------------------------------------------------
 

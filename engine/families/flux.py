@@ -16,14 +16,13 @@ from typing import Any
 
 import torch
 from diffusers import (
-    DiffusionPipeline,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-from engine.families.base import Conditioning, ModelSettings, Noised, accepts, class_named
+from engine.families.base import Conditioning, ModelSettings, Noised, accepts
 from engine.families.parts import CLIP_L, T5_XXL, clip_tokenizer, tiny_clip, tiny_t5, vae
 from engine.families.sd3 import FlowFamily
 
@@ -38,9 +37,7 @@ class Flux(FlowFamily):
     lora_targets = FlowFamily.lora_targets + ("ff.net.0.proj", "ff.net.2",
                                               "ff_context.net.0.proj", "ff_context.net.2")
 
-    @classmethod
-    def recognises(cls, pipe: DiffusionPipeline) -> bool:
-        return class_named(pipe, "FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
+    pipelines = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
 
     @property
     def embeds_guidance(self) -> bool:

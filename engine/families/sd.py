@@ -8,6 +8,7 @@ process with the sampler's own betas, and the target the scheduler's `prediction
 from __future__ import annotations
 
 from functools import cached_property
+from typing import ClassVar
 
 import torch
 from diffusers import (
@@ -22,14 +23,19 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from engine.families.base import Conditioning, Family, ModelSettings, Noised, class_named
 from engine.families.parts import CLIP_L, clip_tokenizer, scheduler_betas, tiny_clip, vae
 
-PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
-             "StableDiffusionInpaintPipeline")
-
 
 class DenoisingFamily(Family):
     """What every ε- or v-prediction UNet family shares (SD 1.x, 2.x and XL)."""
 
     trainable = True
+    default_guidance: ClassVar[float] = 7.5
+
+    def settings(self) -> ModelSettings:
+        unet = self.pipe.unet.config
+        down_steps = len(unet.block_out_channels) - 1
+        return ModelSettings(native_size=unet.sample_size * self.vae_scale_factor,
+                             size_multiple=self.vae_scale_factor * 2**down_steps,
+                             default_steps=30, default_guidance=self.default_guidance)
 
     @cached_property
     def noise_schedule(self) -> DDPMScheduler:
@@ -57,17 +63,12 @@ class DenoisingFamily(Family):
 class SD15(DenoisingFamily):
     name = "sd15"
     label = "Stable Diffusion 1.x"
+    pipelines = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
+                 "StableDiffusionInpaintPipeline")
 
     @classmethod
     def recognises(cls, pipe: DiffusionPipeline) -> bool:
-        return class_named(pipe, *PIPELINES) and not _openclip(pipe)
-
-    def settings(self) -> ModelSettings:
-        unet = self.pipe.unet.config
-        down_steps = len(unet.block_out_channels) - 1
-        return ModelSettings(native_size=unet.sample_size * self.vae_scale_factor,
-                             size_multiple=self.vae_scale_factor * 2**down_steps,
-                             default_steps=30, default_guidance=7.5)
+        return class_named(pipe, *cls.pipelines) and not _openclip(pipe)
 
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
         embeddings, _ = self.pipe.encode_prompt(prompts, self.denoiser.device, 1, False)
@@ -86,7 +87,7 @@ class SD2(SD15):
 
     @classmethod
     def recognises(cls, pipe: DiffusionPipeline) -> bool:
-        return class_named(pipe, *PIPELINES) and _openclip(pipe)
+        return class_named(pipe, *cls.pipelines) and _openclip(pipe)
 
 
 def _openclip(pipe: DiffusionPipeline) -> bool:

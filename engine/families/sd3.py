@@ -13,7 +13,6 @@ from functools import cached_property
 
 import torch
 from diffusers import (
-    DiffusionPipeline,
     FlowMatchEulerDiscreteScheduler,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
@@ -21,7 +20,7 @@ from diffusers import (
 from diffusers.training_utils import compute_density_for_timestep_sampling
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from engine.families.base import Conditioning, Family, ModelSettings, Noised, class_named
+from engine.families.base import Conditioning, Family, ModelSettings, Noised
 from engine.families.parts import CLIP_G, CLIP_L, T5_XXL, clip_tokenizer, tiny_clip, tiny_t5, vae
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
@@ -57,11 +56,8 @@ class FlowFamily(Family):
 class SD3(FlowFamily):
     name = "sd3"
     label = "Stable Diffusion 3.x"
-
-    @classmethod
-    def recognises(cls, pipe: DiffusionPipeline) -> bool:
-        return class_named(pipe, "StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline",
-                           "StableDiffusion3InpaintPipeline")
+    pipelines = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline",
+                 "StableDiffusion3InpaintPipeline")
 
     def settings(self) -> ModelSettings:
         patch = self.denoiser.config.patch_size

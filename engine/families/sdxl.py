@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import torch
 from diffusers import (
-    DiffusionPipeline,
     DPMSolverMultistepScheduler,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from engine.families.base import Conditioning, ModelSettings, class_named
+from engine.families.base import Conditioning
 from engine.families.parts import CLIP_G, CLIP_L, clip_tokenizer, scheduler_betas, tiny_clip, vae
 from engine.families.sd import DenoisingFamily
 
@@ -25,18 +24,9 @@ from engine.families.sd import DenoisingFamily
 class SDXL(DenoisingFamily):
     name = "sdxl"
     label = "Stable Diffusion XL"
-
-    @classmethod
-    def recognises(cls, pipe: DiffusionPipeline) -> bool:
-        return class_named(pipe, "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
-                           "StableDiffusionXLInpaintPipeline")
-
-    def settings(self) -> ModelSettings:
-        unet = self.pipe.unet.config
-        down_steps = len(unet.block_out_channels) - 1
-        return ModelSettings(native_size=unet.sample_size * self.vae_scale_factor,
-                             size_multiple=self.vae_scale_factor * 2**down_steps,
-                             default_steps=30, default_guidance=6.0)
+    pipelines = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
+                 "StableDiffusionXLInpaintPipeline")
+    default_guidance = 6.0
 
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
         pipe = self.pipe
