@@ -150,7 +150,7 @@ def train(pipes, folder: Path, steps: int = 3) -> LoraTrainer:
     return trainer
 
 
-@pytest.mark.parametrize("spec", TINY)
+@pytest.mark.parametrize("spec", [*TINY, "bundled:shapes", "bundled:shapes-sd3"])
 def test_a_lora_trains_on_every_family_and_changes_its_images(spec, tmp_path):
     pipes = load(spec, "cpu")
     job = protocol.Job(1, "txt2img", "a purple circle", seed=5, steps=2)

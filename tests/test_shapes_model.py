@@ -3,12 +3,14 @@ stored as the issue asks: safetensors weights, at most 20 MB, a trained VAE scal
 
 from __future__ import annotations
 
+import json
+
 import diffusers
 import pytest
 import torch
 from PIL import Image
 
-from engine.shapes import MODEL_DIR
+from engine.shapes import MODEL_DIR, SD3_MODEL_DIR
 
 PROMPT = "a red circle on a blue background"
 SIZE = 64
@@ -78,3 +80,22 @@ def test_folder_is_small_and_stores_weights_as_safetensors() -> None:
 def test_vae_scaling_factor_comes_from_training(pipe: diffusers.StableDiffusionPipeline) -> None:
     # 0.18215 is Stable Diffusion's value, left in place by an untrained build.
     assert pipe.vae.config.scaling_factor != 0.18215
+
+
+def test_the_sd3_shapes_model_loads_with_stock_diffusers_and_draws_64_pixels() -> None:
+    """bundled:shapes-sd3 is a plain StableDiffusion3Pipeline folder without T5 (SD 3 allows
+    it), run with no T5 padding tokens, as its canvas.json says."""
+    pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(
+        SD3_MODEL_DIR, text_encoder_3=None, tokenizer_3=None)
+    assert type(pipe.transformer).__name__ == "SD3Transformer2DModel"
+    assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+    settings = json.loads((SD3_MODEL_DIR / "canvas.json").read_text())
+    result = pipe(PROMPT, height=SIZE, width=SIZE, num_inference_steps=STEPS,
+                  generator=generator(), **settings["call"])
+    assert_rgb_image(result.images[0])
+    # SD 3's VAE factors, measured on the drawn pictures (an untrained build has 0 and 1.0)
+    assert pipe.vae.config.shift_factor != 0.0 and pipe.vae.config.scaling_factor != 1.0
+    files = [path for path in SD3_MODEL_DIR.rglob("*") if path.is_file()]
+    assert sum(path.stat().st_size for path in files) <= 40 * 1024 * 1024
+    weights = {path.parent.name for path in files if path.suffix == ".safetensors"}
+    assert weights == {"transformer", "vae", "text_encoder", "text_encoder_2"}

@@ -32,6 +32,9 @@ class Budget(sd_train.Budget):
     lr: float = 6e-4
     warmup: int = 200
     ema_decay: float = 0.998
+    # How σ is drawn: "logit_normal" (SD 3's script) favours middle noise levels; "none"
+    # (uniform) trains the high-noise steps, where a picture's layout is decided, as much.
+    density: str = "logit_normal"
 
 
 def encode_text(pipe: StableDiffusion3Pipeline, captions: list[str]
@@ -44,9 +47,10 @@ def encode_text(pipe: StableDiffusion3Pipeline, captions: list[str]
 
 
 def flow_matching_loss(pipe: StableDiffusion3Pipeline, scheduler: FlowMatchEulerDiscreteScheduler,
-                       clean: torch.Tensor, captions: list[str]) -> torch.Tensor:
+                       clean: torch.Tensor, captions: list[str],
+                       density: str = "logit_normal") -> torch.Tensor:
     noise = torch.randn(clean.shape)
-    u = compute_density_for_timestep_sampling("logit_normal", len(captions), logit_mean=0.0,
+    u = compute_density_for_timestep_sampling(density, len(captions), logit_mean=0.0,
                                               logit_std=1.0)
     indices = (u * scheduler.config.num_train_timesteps).long()
     timesteps = scheduler.timesteps[indices]
@@ -86,7 +90,7 @@ def train_denoiser(pipe: StableDiffusion3Pipeline, latents, budget: Budget,
             group["lr"] = budget.lr * sd_train.cosine_lr(step, budget.unet_steps, budget.warmup)
         clean, captions = sd_train.training_batch(latents, next(indices), vae.scaling_factor,
                                                   budget, rng)
-        loss = flow_matching_loss(pipe, scheduler, clean, captions)
+        loss = flow_matching_loss(pipe, scheduler, clean, captions, budget.density)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -111,15 +115,22 @@ def latent_statistics(pipe: StableDiffusion3Pipeline, rng: np.random.Generator,
     return sample.mean().item(), sample.std().item()
 
 
-def train(seed: int = 0, budget: Budget | None = None,
-          snapshots: Path | None = None) -> StableDiffusion3Pipeline:
+def train(seed: int = 0, budget: Budget | None = None, snapshots: Path | None = None,
+          resume: Path | None = None) -> StableDiffusion3Pipeline:
+    """Train from scratch, or with `resume`, go on training the text encoders and transformer
+    of a model this script wrote (its VAE kept as it is)."""
     budget = budget or Budget()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    pipe = build_sd3.build_pipeline()
-    sd_train.train_vae(pipe.vae, budget, rng)
-    mean, std = latent_statistics(pipe, rng)
-    pipe.vae.register_to_config(shift_factor=round(mean, 5), scaling_factor=round(1 / std, 5))
+    if resume is None:
+        pipe = build_sd3.build_pipeline()
+        sd_train.train_vae(pipe.vae, budget, rng)
+        mean, std = latent_statistics(pipe, rng)
+        pipe.vae.register_to_config(shift_factor=round(mean, 5),
+                                    scaling_factor=round(1 / std, 5))
+    else:
+        pipe = StableDiffusion3Pipeline.from_pretrained(resume, text_encoder_3=None,
+                                                        tokenizer_3=None)
     latents = sd_train.encode_pictures(pipe.vae, budget, rng)
     train_denoiser(pipe, latents, budget, rng, snapshots)
     for tokenizer in (pipe.tokenizer, pipe.tokenizer_2):  # see engine.shapes.train.train
@@ -135,12 +146,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=Budget.unet_steps)
     parser.add_argument("--vae-steps", type=int, default=Budget.vae_steps)
     parser.add_argument("--snapshots", type=Path, help="also write the model here as it trains")
+    parser.add_argument("--density", default=Budget.density, choices=["logit_normal", "none"],
+                        help="how the noise level of each training example is drawn")
+    parser.add_argument("--lr", type=float, default=Budget.lr)
+    parser.add_argument("--resume", type=Path,
+                        help="go on training a model folder this script wrote")
     args = parser.parse_args()
     torch.set_num_threads(1)  # deterministic, and fast on a shared 2-core machine
     torch.use_deterministic_algorithms(True)
     started = time.monotonic()
-    pipe = train(args.seed, Budget(unet_steps=args.steps, vae_steps=args.vae_steps),
-                 args.snapshots)
+    budget = Budget(unet_steps=args.steps, vae_steps=args.vae_steps, density=args.density,
+                    lr=args.lr)
+    pipe = train(args.seed, budget, args.snapshots, args.resume)
     build_sd3.write_folder(pipe, args.out)
     print(f"wrote {args.out} in {(time.monotonic() - started) / 60:.1f} min")
 
