@@ -67,6 +67,11 @@ class Adapters:
     def for_generation(self) -> None:
         self.activate(self.active)
 
+    def drop(self, version: str) -> None:
+        """Forget a LoRA that was loaded (a half-trained one)."""
+        self.loaded.discard(version)
+        self.denoiser.delete_adapters(version)
+
 
 class LoraTrainer:
     """Fine-tunes one new LoRA a slice of steps at a time."""
@@ -78,7 +83,7 @@ class LoraTrainer:
         self.request = request
         self.pipes = pipes
         self.adapters = adapters
-        self.denoiser = self.family.denoiser
+        self.denoiser = self.family.module  # eager, even where generation is compiled
         self.step = 0
         self.loss = float("nan")
         self.began = time.perf_counter()
@@ -170,6 +175,5 @@ class LoraTrainer:
 
     def discard(self) -> None:
         """Forget the half-trained LoRA; generation goes on with the active version."""
-        self.denoiser.delete_adapters(self.request.version)
-        self.adapters.loaded.discard(self.request.version)
+        self.adapters.drop(self.request.version)
         self.adapters.for_generation()

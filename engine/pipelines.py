@@ -39,6 +39,7 @@ class Pipelines:
     device: torch.device
     dtype: torch.dtype
     family: Family
+    compiled: bool = False  # the denoiser runs through torch.compile
 
     def for_kind(self, kind: str) -> DiffusionPipeline:
         """The pipeline for a job's kind; a ValueError the user can read when there is none."""
@@ -156,7 +157,8 @@ def load(spec: str, device_setting: str = "auto", dtype_setting: str = "auto",
     for pipe in (text2img, img2img, inpaint):
         if pipe is not None:
             pipe.set_progress_bar_config(disable=True)
-    pipelines = Pipelines(spec, text2img, img2img, inpaint, settings, device, dtype, family)
+    pipelines = Pipelines(spec, text2img, img2img, inpaint, settings, device, dtype, family,
+                          compile_models)
     if compile_models:
         warm_up(pipelines)
     return pipelines

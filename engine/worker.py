@@ -25,6 +25,7 @@ from PIL import Image
 
 from engine import protocol
 from engine.families.base import accepts
+from engine.fused_lora import FusedAdapters
 from engine.lora import Adapters, LoraTrainer
 from engine.pipelines import Pipelines, fit_size
 
@@ -96,7 +97,10 @@ class Engine:
         self.plans: dict[int, Plan] = {}
         self.slots: deque[Slot] = deque()
         self.stopping = False
-        self.adapters = Adapters(pipelines.family.denoiser)
+        # A compiled denoiser gets versions merged into its weights: peft layers would make
+        # every switch compile again.
+        adapters = FusedAdapters if pipelines.compiled else Adapters
+        self.adapters = adapters(pipelines.family.module)
         self.trainer: LoraTrainer | None = None
         # Version switches and training commands wait for the end of the current batch, so
         # a batch never changes model half way.
@@ -406,8 +410,7 @@ class Engine:
         except Exception as error:
             log.exception("could not start training %s", request.version)
             with contextlib.suppress(Exception):
-                self.pipes.family.denoiser.delete_adapters(request.version)
-            self.adapters.loaded.discard(request.version)
+                self.adapters.drop(request.version)
             self.adapters.for_generation()
             self.send(protocol.TrainFailed(request.run_id, f"Could not start: {error}"))
 

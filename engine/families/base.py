@@ -78,6 +78,11 @@ class Family:
     def denoiser(self) -> torch.nn.Module:
         return getattr(self.pipe, self.denoiser_name)
 
+    @property
+    def module(self) -> torch.nn.Module:
+        """The denoiser itself, not its torch.compile wrapper: for training and adapters."""
+        return getattr(self.denoiser, "_orig_mod", self.denoiser)
+
     def set_denoiser(self, module: torch.nn.Module, *pipes: DiffusionPipeline) -> None:
         for pipe in (self.pipe, *pipes):
             setattr(pipe, self.denoiser_name, module)

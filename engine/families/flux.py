@@ -101,7 +101,7 @@ class Flux(FlowFamily):
             guidance = torch.full((batch,), TRAINING_GUIDANCE, device=noisy.device)
         text = dict(conditioning)
         text["txt_ids"] = text["txt_ids"][0]  # one set of ids for the whole batch
-        predicted = self.denoiser(hidden_states=packed, timestep=timesteps, guidance=guidance,
+        predicted = self.module(hidden_states=packed, timestep=timesteps, guidance=guidance,
                                   img_ids=image_ids, **text).sample
         factor = self.vae_scale_factor
         return FluxPipeline._unpack_latents(predicted, height * factor, width * factor, factor)

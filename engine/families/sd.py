@@ -76,7 +76,7 @@ class SD15(DenoisingFamily):
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor,
                 conditioning: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.denoiser(noisy, timesteps, **conditioning).sample
+        return self.module(noisy, timesteps, **conditioning).sample
 
 
 class SD2(SD15):

@@ -74,7 +74,7 @@ class SD3(FlowFamily):
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor,
                 conditioning: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.denoiser(hidden_states=noisy, timestep=timesteps, **conditioning).sample
+        return self.module(hidden_states=noisy, timestep=timesteps, **conditioning).sample
 
 
 def build_random(tiny: bool) -> StableDiffusion3Pipeline:

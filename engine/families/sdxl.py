@@ -44,7 +44,7 @@ class SDXL(DenoisingFamily):
                 conditioning: dict[str, torch.Tensor]) -> torch.Tensor:
         added = {"text_embeds": conditioning["text_embeds"],
                  "time_ids": conditioning["time_ids"]}
-        return self.denoiser(noisy, timesteps, conditioning["encoder_hidden_states"],
+        return self.module(noisy, timesteps, conditioning["encoder_hidden_states"],
                              added_cond_kwargs=added).sample
 
 
