@@ -59,7 +59,6 @@ class Plan:
     engine_seconds: float = 0.0
     started: bool = False
     cancelled: bool = False
-
     options: tuple = ()  # what else the model's family needs a batch's jobs to share
 
     @property
