@@ -108,20 +108,23 @@ def check_tokenizer(tokenizer: CLIPTokenizer) -> None:
         raise RuntimeError(f"{prompt!r} tokenizes to {ids}, expected {expected}")
 
 
-def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
-    config = CLIPTextConfig(
+def text_encoder_config(tokenizer: CLIPTokenizer, layers: int = 2) -> CLIPTextConfig:
+    return CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=TEXT_HIDDEN_SIZE,
         intermediate_size=4 * TEXT_HIDDEN_SIZE,
         projection_dim=TEXT_HIDDEN_SIZE,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         max_position_embeddings=TEXT_MAX_LENGTH,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return CLIPTextModel(config)
+
+
+def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    return CLIPTextModel(text_encoder_config(tokenizer))
 
 
 def build_vae(latent_channels: int = LATENT_CHANNELS) -> AutoencoderKL:

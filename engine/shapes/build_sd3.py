@@ -21,7 +21,7 @@ from diffusers import (
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 from engine.shapes import SD3_MODEL_DIR, build
 
@@ -38,18 +38,7 @@ CALL_OPTIONS = {"max_sequence_length": 0}
 
 
 def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModelWithProjection:
-    return CLIPTextModelWithProjection(CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=TEXT_HIDDEN_SIZE,
-        intermediate_size=4 * TEXT_HIDDEN_SIZE,
-        projection_dim=TEXT_HIDDEN_SIZE,
-        num_hidden_layers=TEXT_LAYERS,
-        num_attention_heads=4,
-        max_position_embeddings=build.TEXT_MAX_LENGTH,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    ))
+    return CLIPTextModelWithProjection(build.text_encoder_config(tokenizer, TEXT_LAYERS))
 
 
 def build_transformer() -> SD3Transformer2DModel:
