@@ -4,13 +4,16 @@ bundled model, through the real service and engine (benchmarks/learning.py is th
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.learning import Experiment, share
 
 SEEDS = 40
 
 
-async def test_rating_purple_circles_highly_teaches_the_model_purple(tmp_path):
-    bot = await Experiment.start(tmp_path)
+@pytest.mark.parametrize("model", ["bundled:shapes", "bundled:shapes-sd3"])
+async def test_rating_purple_circles_highly_teaches_the_model_purple(tmp_path, model):
+    bot = await Experiment.start(tmp_path, model)
     try:
         before = await bot.imagine("a circle", range(5_000, 5_000 + SEEDS))
         await bot.rate_by_colour(before, "purple")

@@ -127,7 +127,7 @@ def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
     return CLIPTextModel(text_encoder_config(tokenizer))
 
 
-def build_vae(latent_channels: int = LATENT_CHANNELS) -> AutoencoderKL:
+def build_vae() -> AutoencoderKL:
     # Three blocks mean two downsamples: 64×64 pixels -> 16×16 latents.
     return AutoencoderKL(
         in_channels=3,
@@ -136,7 +136,7 @@ def build_vae(latent_channels: int = LATENT_CHANNELS) -> AutoencoderKL:
         up_block_types=("UpDecoderBlock2D",) * len(VAE_CHANNELS),
         block_out_channels=VAE_CHANNELS,
         layers_per_block=1,
-        latent_channels=latent_channels,
+        latent_channels=LATENT_CHANNELS,
         norm_num_groups=VAE_NORM_GROUPS,
         sample_size=NATIVE_SIZE,
         # Without attention the VAE is purely convolutional, so it can train on small crops.

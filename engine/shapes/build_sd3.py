@@ -1,9 +1,9 @@
 """The `bundled:shapes-sd3` architecture: the shapes model on Stable Diffusion 3's design.
 
 An MMDiT transformer (SD3Transformer2DModel) with a flow-matching scheduler, two small CLIP text
-encoders with projections and no T5 (SD 3 allows leaving it out), and a VAE of the same shape
-as `bundled:shapes`. `python -m engine.shapes.train_sd3` trains it from scratch and writes
-`engine/shapes/model-sd3/`.
+encoders with projections and no T5 (SD 3 allows leaving it out), and a VAE shaped like
+SD 3's (8× smaller, 16 latent channels). `python -m engine.shapes.train_sd3` trains it from
+scratch and writes `engine/shapes/model-sd3/`.
 
 Without T5 the pipeline would pad the prompt with `max_sequence_length` (256) zero tokens; this
 model is trained and run with none (`"call": {"max_sequence_length": 0}` in its canvas.json),
@@ -30,7 +30,10 @@ TEXT_HIDDEN_SIZE = 64
 TEXT_LAYERS = 3  # SD 3 reads the penultimate layer's states: two layers do the work
 HEADS, HEAD_DIM = 4, 32
 LAYERS = 6
-PATCH = 2
+# SD 3's VAE shrinks 8× to 16 channels: at 64 pixels, 8×8 latents (as many numbers as
+# bundled:shapes' 16×16×4), one token each, so the transformer sees 64 image tokens.
+VAE_CHANNELS = (16, 32, 64, 64)
+PATCH = 1
 # SD 3's 16 latent channels (diffusers' SD 3 inpainting pipeline accepts no other number).
 LATENT_CHANNELS = 16
 SEED = 10  # away from bundled:shapes' seeds, so the two models start differently
@@ -42,9 +45,9 @@ def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModelWithProjection:
 
 
 def build_transformer() -> SD3Transformer2DModel:
-    # 16×16 latents in 2×2 patches: 64 image tokens beside 2 × 16 prompt tokens.
+    # 8×8 latents, one token each: 64 image tokens beside 2 × 16 prompt tokens.
     return SD3Transformer2DModel(
-        sample_size=NATIVE_SIZE // 4,
+        sample_size=NATIVE_SIZE // 2 ** (len(VAE_CHANNELS) - 1),
         patch_size=PATCH,
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
@@ -60,7 +63,15 @@ def build_transformer() -> SD3Transformer2DModel:
 
 
 def build_vae() -> AutoencoderKL:
-    vae = build.build_vae(LATENT_CHANNELS)
+    # bundled:shapes' VAE with one more downsampling block, likewise without attention so it
+    # trains on crops.
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
+        down_block_types=("DownEncoderBlock2D",) * len(VAE_CHANNELS),
+        up_block_types=("UpDecoderBlock2D",) * len(VAE_CHANNELS),
+        block_out_channels=VAE_CHANNELS, layers_per_block=1,
+        norm_num_groups=build.VAE_NORM_GROUPS, sample_size=NATIVE_SIZE,
+        mid_block_add_attention=False)
     vae.register_to_config(shift_factor=0.0)  # SD 3 pipelines shift latents; set after training
     return vae
 
@@ -92,7 +103,7 @@ def build_pipeline() -> StableDiffusion3Pipeline:
 def canvas_settings() -> dict:
     return {
         "native_size": NATIVE_SIZE,
-        "size_multiple": 4 * PATCH,
+        "size_multiple": 2 ** (len(VAE_CHANNELS) - 1) * PATCH,
         "default_steps": 20,
         "default_guidance": 5.0,
         "min_output_size": 256,
