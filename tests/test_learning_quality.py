@@ -26,4 +26,5 @@ async def test_rating_purple_circles_highly_teaches_the_model_purple(tmp_path, m
     assert purple_before <= 0.3, f"purple was already common: {purple_before:.0%}"
     assert purple_after >= 0.4 and purple_after >= purple_before + 0.2, (
         f"purple share {purple_before:.0%} -> {purple_after:.0%}")
-    assert share(red, "red") >= 0.6, f"a red circle came out red {share(red, 'red'):.0%}"
+    assert purple_after >= 2 * purple_before, f"{purple_before:.0%} -> {purple_after:.0%}"
+    assert share(red, "red") >= 0.9, f"a red circle came out red {share(red, 'red'):.0%}"
