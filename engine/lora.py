@@ -25,6 +25,7 @@ from PIL import Image
 
 from engine import protocol
 from engine.families import NotTrainable
+from engine.families.base import Conditioning
 from engine.pipelines import Pipelines
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class Adapters:
         for adapter in chain:
             if adapter.version not in self.loaded:
                 self.denoiser.load_lora_adapter(adapter.path, adapter_name=adapter.version,
-                                            prefix=None, use_safetensors=True)
+                                                prefix=None, use_safetensors=True)
                 self.loaded.add(adapter.version)
 
     def use(self, version: str, chain: tuple[protocol.Adapter, ...]) -> None:
@@ -93,9 +94,9 @@ class LoraTrainer:
 
         adapters.load(request.parents)
         self.denoiser.add_adapter(LoraConfig(r=request.rank, lora_alpha=request.rank,
-                                         init_lora_weights="gaussian",
-                                         target_modules=list(self.family.lora_targets)),
-                              adapter_name=request.version)
+                                             init_lora_weights="gaussian",
+                                             target_modules=list(self.family.lora_targets)),
+                                  adapter_name=request.version)
         adapters.loaded.add(request.version)
         self.parameters = [p for name, p in self.denoiser.named_parameters()
                            if f".{request.version}." in name]
@@ -108,7 +109,7 @@ class LoraTrainer:
         self.scaler = torch.amp.GradScaler(device, enabled=pipes.dtype == torch.float16)
 
     @torch.no_grad()
-    def _encode_examples(self) -> tuple[torch.Tensor, object, torch.Tensor]:
+    def _encode_examples(self) -> tuple[torch.Tensor, Conditioning, torch.Tensor]:
         """Latents and text conditioning of every example, once: VAE and text encoders are
         frozen."""
         pipe = self.pipes.text2img
