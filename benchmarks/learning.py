@@ -24,10 +24,11 @@ import yaml
 from PIL import Image
 
 from bot import commands as cmd
-from bot.cli import build_service
+from bot.cli import blobs_of, build_service
 from bot.config import load_settings
 from bot.service import Service, User
 from bot.store import ImageRow, JobRow, Store
+from engine.params import Params
 from engine.shapes import checker
 
 USER = User("console", "bench")
@@ -65,7 +66,7 @@ async def open_service(folder: Path, engine: dict[str, Any]) -> tuple[Store, Ser
         "storage": {"db": "canvas.db", "images": "images"},
         "limits": {"max_waiting_per_user": 10_000, "max_queue": 10_000}}))
     settings = load_settings(config)
-    store = await Store.open(settings.storage.db)
+    store = await Store.open(settings.storage.db, blobs_of(settings))
     return store, build_service(settings, store)
 
 
@@ -100,12 +101,13 @@ class Experiment:
         """Images for `prompt` at each seed, each with the colour the checker sees."""
         job_ids = []
         for seed in seeds:
-            reply = await self.service.handle(USER, cmd.Imagine(prompt, seed=seed))
+            reply = await self.service.handle(
+                USER, cmd.Imagine(Params(kind="txt2img", prompt=prompt, seed=seed)))
             job_ids.append(reply.job_id)
         results = []
         for job_id in job_ids:
             [image] = await self.collector.future(job_id)
-            with Image.open(image.path) as picture:
+            with Image.open(self.service.image_file(image)) as picture:
                 results.append((image, checker.read(picture).colour))
         return results
 

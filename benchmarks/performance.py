@@ -12,7 +12,7 @@ use one thread fewer than the machine has cores (the engine's own rule); they ne
   and dtype, with the size, steps and guidance the bot's engine used; both warm, alternating,
   medians of --rounds. Prints both times, their ratio (also against the direct call plus
   saving its PNG), and the bot's time split: parse, store and queue, queue wait, generation,
-  PNG encode and write (re-measured here), result stored, delivery.
+  PNG encode and store (re-measured here), result stored, delivery.
 - throughput: --users users sending --per-user /imagine each, all at once, with batching off
   (max_batch 1) and on (max_batch --batch, a number or auto): images per second and each
   command's latency (p50, p95); then batching on against off at the largest user count, and
@@ -53,6 +53,8 @@ from bot import commands as cmd
 from bot.adapters.console import ConsoleAdapter, split_attachments
 from bot.service import Reply, Service
 from bot.store import ImageRow, JobRow, Store
+from engine import params as engine_params
+from engine.blobs import LocalBlobs
 
 PARTS = ("overhead", "throughput", "startup")
 PROMPT = "a red circle on a blue background"
@@ -86,7 +88,7 @@ class Params:
 
     @classmethod
     def of(cls, job: JobRow) -> Params:
-        return cls(job.width, job.height, job.steps, job.guidance)
+        return cls(job.width, job.height, job.resolved.steps, job.resolved.cfg)
 
     def __str__(self) -> str:
         steps = f"{self.steps} step" + ("s" if self.steps != 1 else "")
@@ -167,12 +169,12 @@ class Bot:
 
     @property
     def on_cuda(self) -> bool:
-        return self.service.engine.ready.device.startswith("cuda")
+        return self.service.engines.ready.device.startswith("cuda")
 
     @property
     def where(self) -> str:
-        ready = self.service.engine.ready
-        return f"{ready.model} on {ready.device} ({ready.dtype})"
+        ready = self.service.engines.ready
+        return f"{ready.checkpoint} on {ready.device} ({ready.dtype})"
 
 
 # ---- the direct call -------------------------------------------------------------------------
@@ -317,8 +319,8 @@ async def overhead(options: Options, rounds: int) -> None:
             for seed in range(100, 100 + rounds):
                 theirs.append(await asyncio.to_thread(direct_call, direct, params, seed))
                 ours.append(await bot.console.imagine(seed, options.steps))
-            png = statistics.median(png_seconds(image.path) for timed in ours
-                                    for image in timed.images)
+            png = statistics.median(png_seconds(bot.service.image_file(image))
+                                    for timed in ours for image in timed.images)
             print(f"OVERHEAD {bot.where}, {params}; medians of {rounds} alternating rounds, "
                   "both warm")
             share = GpuShare.of(bot, params, options)
@@ -328,7 +330,7 @@ async def overhead(options: Options, rounds: int) -> None:
     print(f"  {'direct diffusers call (to a PIL image)':50} {direct_s * 1000:9.1f} ms")
     print(f"  {'bot: command into the adapter -> PNG handed back':50} {ours_s * 1000:9.1f} ms"
           f"   ratio {ours_s / direct_s:.3f}")
-    print(f"  {'  against the direct call + PNG encode and write':50} "
+    print(f"  {'  against the direct call + PNG encode and store':50} "
           f"{(direct_s + png) * 1000:9.1f} ms   ratio {ours_s / (direct_s + png):.3f}")
     parse = parse_seconds(f"/imagine {PROMPT} --seed 100"
                           + (f" --steps {options.steps}" if options.steps else ""))
@@ -341,7 +343,7 @@ async def overhead(options: Options, rounds: int) -> None:
         # started_at is when the bot stored the engine's Started: a busy bot process moves
         # time from the result below to the queue wait (then the result can go negative).
         "engine generation (engine_seconds)": [t.job.engine_seconds for t in ours],
-        "PNG encode and write (re-measured here)": [png],
+        "PNG encode and store (re-measured here)": [png],
         "result to the bot and stored (less the PNG)":
             [t.job.finished_at - t.job.started_at - t.job.engine_seconds - png for t in ours],
         "delivery (result stored -> adapter done)":
@@ -369,20 +371,22 @@ def parse_seconds(line: str) -> float:
     return statistics.median(batch() for _ in range(5))
 
 
-def png_seconds(path: str) -> float:
-    """Saving this image the way the engine does (encode, write, rename), median of 3."""
+def png_seconds(path: Path) -> float:
+    """Storing this image the way the engine does (encode, then put in a blob store: hash,
+    write aside, rename), median of 3."""
     with Image.open(path) as opened:
         image = opened.copy()
     with tempfile.TemporaryDirectory() as folder:
-        target = Path(folder) / "image.png"
 
-        def save() -> float:
+        def save(round_: int) -> float:
+            blobs = LocalBlobs(Path(folder) / str(round_))  # empty: the same bytes are written
             began = time.perf_counter()
-            image.save(target.with_suffix(".part"), format="PNG")
-            os.replace(target.with_suffix(".part"), target)
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            blobs.put(buffer.getvalue(), ".png")
             return time.perf_counter() - began
 
-        return statistics.median(save() for _ in range(3))
+        return statistics.median(save(k) for k in range(3))
 
 
 # ---- throughput ------------------------------------------------------------------------------
@@ -399,7 +403,7 @@ async def throughput(options: Options, users_list: list[int], per_user: int) -> 
             bot = await Bot.start(Path(folder), options, max_batch)
             try:
                 auto = "auto: " if max_batch == "auto" else ""
-                labels[setting] = f"{setting} ({auto}{bot.service.engine.ready.max_batch})"
+                labels[setting] = f"{setting} ({auto}{bot.service.engines.ready.max_batch})"
                 warm = await asyncio.gather(*(bot.console.imagine(i, options.steps)
                                               for i in range(largest)))
                 params = Params.of(warm[0].job)
@@ -478,8 +482,10 @@ def startup(options: Options) -> None:
                 errors.seek(0)
                 raise RuntimeError(f"the bot made no image:\n{errors.read()[-2000:]}")
         with sqlite3.connect(Path(folder) / "canvas.db") as db:
-            params = Params(*db.execute("SELECT width, height, steps, guidance FROM jobs "
-                                        "ORDER BY id LIMIT 1").fetchone())
+            width, height, resolved = db.execute("SELECT width, height, resolved FROM jobs "
+                                                 "ORDER BY id LIMIT 1").fetchone()
+        resolved = engine_params.Params.from_json(resolved)
+        params = Params(width, height, resolved.steps, resolved.cfg)
     settings = {"direct": direct_setup(options.model, options.device), "params": vars(params)}
     direct_peak = int(subprocess.run([sys.executable, "-c", DIRECT_MEMORY, json.dumps(settings)],
                                      capture_output=True, text=True, check=True).stdout.strip())

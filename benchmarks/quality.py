@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 
 from engine import protocol
+from engine.blobs import LocalBlobs
+from engine.params import Params
 from engine.pipelines import Pipelines, load
 from engine.shapes import checker, draw
 from engine.worker import Engine
@@ -30,12 +32,14 @@ FIRST_SEED = 50_000  # far from the seeds tests and tuning used
 
 
 def run_jobs(pipes: Pipelines, jobs: list[protocol.Job], folder: Path) -> dict[int, Path]:
-    """Run `jobs` through an in-process Engine; the path of each job's first image."""
+    """Run `jobs` through an in-process Engine whose blob store is in `folder`; the path of
+    each job's first image."""
     sent: list = []
-    engine = Engine(pipes, folder, 8, sent.append, queue.Queue())
+    blobs = LocalBlobs(folder)
+    engine = Engine(pipes, blobs, 8, sent.append, queue.Queue())
     engine.run_all(jobs)
     results = [m for m in sent if isinstance(m, protocol.Result)]
-    return {m.job_id: Path(m.images[0].path) for m in results}
+    return {m.job_id: blobs.path(m.images[0].blob) for m in results}
 
 
 def combinations() -> list[tuple[str, str, str]]:
@@ -51,7 +55,7 @@ def measure(pipes: Pipelines, seeds: int, folder: Path) -> dict[str, list[tuple[
     """Per shape asked for: (right colour, right background, right shape) of each image."""
     cases = [(combo, FIRST_SEED + k) for combo in combinations() for k in range(seeds)]
     jobs = [
-        protocol.Job(i, "txt2img", draw.prompt_for(*combo), seed=seed)
+        protocol.Job(i, Params(kind="txt2img", prompt=draw.prompt_for(*combo), seed=seed))
         for i, (combo, seed) in enumerate(cases)
     ]
     paths = run_jobs(pipes, jobs, folder)
@@ -79,7 +83,8 @@ def seconds_per_image(pipes: Pipelines, folder: Path, repeats: int = 10) -> floa
     """Median engine time of one default 64x64 image, one job at a time."""
     times = []
     for k in range(repeats + 1):
-        job = protocol.Job(k, "txt2img", "a red circle on a blue background", seed=k)
+        job = protocol.Job(k, Params(kind="txt2img", prompt="a red circle on a blue background",
+                                     seed=k))
         started = time.perf_counter()
         run_jobs(pipes, [job], folder)
         times.append(time.perf_counter() - started)

@@ -1,4 +1,5 @@
-"""`canvas run` and `canvas console`: wire settings, store, engine, service and adapters."""
+"""`canvas run` and `canvas console`: wire settings, store, engines, service and adapters, then
+start and stop them as one list of components."""
 
 from __future__ import annotations
 
@@ -9,20 +10,51 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Protocol
 
 from bot.config import ConfigError, Settings, load_settings
 from bot.service import Service
 from bot.store import Store
-from engine.client import EngineClient, EngineError, EngineOptions
+from engine.blobs import LocalBlobs
+from engine.client import EngineError, EngineHandle, EngineOptions, SubprocessTransport
+from engine.pool import EnginePool
 
 log = logging.getLogger("canvas")
 
 
+def blobs_of(settings: Settings) -> LocalBlobs:
+    """The blob store: every picture and LoRA, kept under the images folder."""
+    return LocalBlobs(settings.storage.images / "blobs")
+
+
 def build_service(settings: Settings, store: Store) -> Service:
-    engine = settings.engine
+    engine, blobs = settings.engine, blobs_of(settings)
     options = EngineOptions(engine.model, engine.device, engine.dtype, engine.max_batch,
-                            settings.storage.images, engine.compile)
-    return Service(settings, store, EngineClient(options))
+                            blobs.root, engine.compile)
+    engines = EnginePool([EngineHandle(SubprocessTransport(options))])
+    return Service(settings, store, engines, blobs)
+
+
+class Component(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def start_all(components: list[Component]) -> None:
+    for component in components:
+        await component.start()
+
+
+async def stop_all(components: list[Component]) -> None:
+    """In the order they started: the adapters, which take requests, stop first, so nothing
+    new arrives while the service finishes; one that fails to stop does not keep the rest
+    running."""
+    for component in components:
+        try:
+            await component.stop()
+        except Exception:
+            log.exception("could not stop %s cleanly", type(component).__name__)
 
 
 # Chat adapters by the settings section that holds their token, imported only when used.
@@ -46,20 +78,21 @@ async def serve(settings: Settings, *, console: bool | None = None,
     from bot.adapters.console import ConsoleAdapter
 
     settings.storage.images.mkdir(parents=True, exist_ok=True)
-    store = await Store.open(settings.storage.db)
+    store = await Store.open(settings.storage.db, blobs_of(settings))
     service = build_service(settings, store)
     chats = [] if console else [p for p in CHAT_ADAPTERS if getattr(settings, p).token]
     adapters = [load_adapter(platform)(service, settings) for platform in chats]
     terminal = ConsoleAdapter(service, json_mode=json_mode) if console or not chats else None
+    # Adapters first: each registers where its chats' results go before the service takes
+    # up what an earlier run left undelivered.
+    components: list[Component] = [*adapters, service]
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        for adapter in adapters:
-            await adapter.start()
-        await service.start()
+        await start_all(components)
         log.info("serving on %s", ", ".join(chats + (["console"] if terminal else [])))
         waits = [asyncio.create_task(stop.wait())]
         if terminal:
@@ -68,9 +101,7 @@ async def serve(settings: Settings, *, console: bool | None = None,
         for task in waits:
             task.cancel()
     finally:
-        for adapter in adapters:
-            await adapter.stop()
-        await service.stop()
+        await stop_all(components)
         await store.close()
 
 

@@ -9,7 +9,6 @@ files the bot wrote.
 from __future__ import annotations
 
 import io
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,13 +99,6 @@ def png_for_chat(path: str | Path, min_size: int) -> bytes:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def save_png(image: Image.Image, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{uuid.uuid4().hex}.png"
-    image.save(path, format="PNG")
-    return path
 
 
 def _mb(size: int) -> str:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from bot import commands as cmd
@@ -24,7 +22,8 @@ from bot.errors import UserError
 from bot.learning_store import LearningStore, VersionRow
 from bot.store import Store
 from engine import protocol
-from engine.client import EngineClient
+from engine.client import EngineHandle
+from engine.pool import EnginePool
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +46,11 @@ Announce = Callable[[str, dict[str, Any], str], Awaitable[None]]
 
 
 class Learning:
-    def __init__(self, store: Store, engine: EngineClient, settings: Settings,
+    def __init__(self, store: Store, engines: EnginePool, settings: Settings,
                  announce: Announce) -> None:
         self.store = store
         self.versions = LearningStore(store)
-        self.engine = engine
+        self.engines = engines
         self.settings = settings
         self.announce = announce
         self.run_id: int | None = None
@@ -66,7 +65,8 @@ class Learning:
 
     @property
     def base_model(self) -> str:
-        return self.engine.ready.model if self.engine.ready else self.settings.engine.model
+        ready = self.engines.ready
+        return ready.checkpoint if ready else self.settings.engine.model
 
     async def start(self) -> None:
         """After the first engine start: record the base version, close runs a crash left
@@ -80,13 +80,14 @@ class Learning:
         """Put a (new) engine on the stored active version."""
         await self.await_restore(await self.send_restore())
 
-    async def send_restore(self) -> Switch | None:
-        """Tell a new engine to use the stored active version, without waiting for its answer:
-        sent before any job, it is applied before any job runs."""
+    async def send_restore(self, engine: EngineHandle | None = None) -> Switch | None:
+        """Tell a new engine (default: every engine) to use the stored active version,
+        without waiting for its answer: sent before any job, it is applied before any job
+        runs."""
         active = await self.versions.active_version(self.base_model)
-        if active is None or not active.lora_path:
+        if active is None or not active.adapter:
             return None
-        return await self._send_switch(active)
+        return await self._send_switch(active, engine)
 
     async def await_restore(self, switch: Switch | None) -> None:
         """Wait for a restore; one that fails leaves the bot serving the base model, says so
@@ -151,10 +152,10 @@ class Learning:
             ratings_used=sum(example.ratings for example in examples), origin=origin)
         self.run_id, self.progress, self._announced_quarter = run_id, None, 0
         self._idle.clear()
-        await self.engine.control(protocol.Train(
+        await self.engines.train(protocol.Train(
             run_id=run_id, version=name, parents=_adapters(chain),
-            examples=tuple(protocol.TrainExample(e.path, e.prompt, e.score) for e in examples),
-            steps=steps, rank=rank, out_dir=str(self._folder(name)), seed=run_id))
+            examples=tuple(protocol.TrainExample(e.blob, e.prompt, e.score) for e in examples),
+            steps=steps, rank=rank, seed=run_id))
         ratings = sum(example.ratings for example in examples)
         return (f"Retraining started: {name}, from {parent.name}, on {len(examples)} images "
                 f"({ratings} ratings), {steps} steps at rank {rank}. The bot keeps serving "
@@ -178,7 +179,7 @@ class Learning:
     async def cancel(self) -> str:
         if self.run_id is None:
             raise UserError("No retraining is running.")
-        await self.engine.control(protocol.CancelTrain(self.run_id))
+        await self.engines.cancel_train(protocol.CancelTrain(self.run_id))
         return "Stopping the retraining; the active version stays as it is."
 
     async def list_text(self) -> str:
@@ -188,7 +189,7 @@ class Learning:
         lines = [self.notice] if self.notice else []
         lines.append(f"Model versions of {self.base_model}:")
         for row in rows:
-            if row.lora_path is None:
+            if row.adapter is None:
                 text = f"{row.name} · the model as shipped"
             else:
                 text = (f"{row.name} · from {names.get(row.parent_id, '?')} · "
@@ -224,7 +225,7 @@ class Learning:
                                      f"(step {event.step}/{event.total}, loss {event.loss:.4f}).")
             case protocol.TrainDone():
                 version = await self.versions.finish_run_with_version(
-                    event.run_id, event.path, event.final_loss, event.seconds)
+                    event.run_id, event.adapter, event.final_loss, event.seconds)
                 self._finished()
                 await self._tell(event.run_id, f"Retraining finished: {version.name} is now "
                                  f"active (loss {event.final_loss:.4f}, "
@@ -264,11 +265,13 @@ class Learning:
     async def _use(self, version: VersionRow) -> None:
         await self._await_switch(await self._send_switch(version))
 
-    async def _send_switch(self, version: VersionRow) -> Switch:
+    async def _send_switch(self, version: VersionRow,
+                           engine: EngineHandle | None = None) -> Switch:
         chain = await self.versions.chain(version)
         switch = Switch(version, asyncio.get_running_loop().create_future())
         self._pending.append(switch)
-        await self.engine.control(protocol.UseVersion(version.name, _adapters(chain)))
+        await self.engines.use_version(protocol.UseVersion(version.name, _adapters(chain)),
+                                       engine)
         return switch
 
     async def _await_switch(self, switch: Switch) -> None:
@@ -309,13 +312,8 @@ class Learning:
             number += 1
         return f"v{number}"
 
-    def _folder(self, name: str) -> Path:
-        model = re.sub(r"[^A-Za-z0-9._-]+", "_", self.base_model)
-        return self.settings.storage.db.parent / "versions" / model / name
-
-
 def _adapters(chain: list[VersionRow]) -> tuple[protocol.Adapter, ...]:
-    return tuple(protocol.Adapter(row.name, row.lora_path) for row in chain)
+    return tuple(protocol.Adapter(row.name, row.adapter) for row in chain)
 
 
 def _duration(seconds: float | None) -> str:

@@ -21,7 +21,7 @@ class VersionRow:
     name: str
     base_model: str
     parent_id: int | None
-    lora_path: str | None
+    adapter: str | None  # blob key of its LoRA weights (None: the base model)
     images_used: int | None
     ratings_used: int | None
     steps: int | None
@@ -34,7 +34,7 @@ class VersionRow:
 @dataclass(frozen=True)
 class TrainingExample:
     image_id: int
-    path: str
+    blob: str
     prompt: str
     score: float
     ratings: int
@@ -77,7 +77,7 @@ class LearningStore:
         """Images whose average rating is at least `min_score`, with the prompts that made
         them, oldest first."""
         rows = await self._all(
-            """SELECT images.id AS image_id, images.path, jobs.prompt,
+            """SELECT images.id AS image_id, images.blob, jobs.prompt,
                    AVG(ratings.score) AS score, COUNT(*) AS ratings
                FROM images JOIN jobs ON jobs.id = images.job_id
                JOIN ratings ON ratings.image_id = images.id
@@ -102,7 +102,7 @@ class LearningStore:
         by_id = {row.id: row for row in await self.versions(version.base_model)}
         chain: list[VersionRow] = []
         current: VersionRow | None = version
-        while current is not None and current.lora_path:
+        while current is not None and current.adapter:
             chain.append(current)
             current = by_id.get(current.parent_id)
         return chain[::-1]
@@ -167,16 +167,16 @@ class LearningStore:
                    WHERE status = 'running'""", (time.time(),))
         return cursor.rowcount
 
-    async def finish_run_with_version(self, run_id: int, lora_path: str, final_loss: float,
+    async def finish_run_with_version(self, run_id: int, adapter: str, final_loss: float,
                                       seconds: float) -> VersionRow:
         """The run succeeded: store its version and make it active, in one transaction."""
         run = await self.run(run_id)
         async with self.transaction() as db:
             cursor = await db.execute(
-                """INSERT INTO model_versions (name, base_model, parent_id, lora_path,
+                """INSERT INTO model_versions (name, base_model, parent_id, adapter,
                        images_used, ratings_used, steps, rank, final_loss, seconds, created_at)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (run.version, run.base_model, run.parent_id, lora_path, run.images_used,
+                (run.version, run.base_model, run.parent_id, adapter, run.images_used,
                  run.ratings_used, run.steps, run.rank, final_loss, seconds, time.time()))
             await db.execute(
                 """INSERT INTO active_versions (base_model, version_id) VALUES (?, ?)

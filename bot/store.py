@@ -17,110 +17,9 @@ from typing import Any
 
 import aiosqlite
 
-# Each entry is one migration; the database's user_version counts how many have run.
-# Append only: never edit a migration that has shipped.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE users (
-        id INTEGER PRIMARY KEY,
-        platform TEXT NOT NULL,
-        platform_user_id TEXT NOT NULL,
-        name TEXT,
-        created_at REAL NOT NULL,
-        UNIQUE (platform, platform_user_id)
-    );
-    CREATE TABLE model_versions (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL,
-        base_model TEXT NOT NULL,
-        parent_id INTEGER REFERENCES model_versions(id),
-        lora_path TEXT,
-        images_used INTEGER,
-        ratings_used INTEGER,
-        steps INTEGER,
-        rank INTEGER,
-        final_loss REAL,
-        seconds REAL,
-        created_at REAL NOT NULL,
-        UNIQUE (base_model, name)
-    );
-    CREATE TABLE active_versions (
-        base_model TEXT PRIMARY KEY,
-        version_id INTEGER NOT NULL REFERENCES model_versions(id)
-    );
-    CREATE TABLE jobs (
-        id INTEGER PRIMARY KEY,
-        user_id INTEGER NOT NULL REFERENCES users(id),
-        kind TEXT NOT NULL CHECK (kind IN ('txt2img', 'img2img', 'inpaint')),
-        prompt TEXT NOT NULL,
-        negative_prompt TEXT NOT NULL DEFAULT '',
-        seed INTEGER NOT NULL,
-        n INTEGER NOT NULL DEFAULT 1,
-        steps INTEGER,
-        guidance REAL,
-        aspect_w INTEGER NOT NULL DEFAULT 1,
-        aspect_h INTEGER NOT NULL DEFAULT 1,
-        width INTEGER,
-        height INTEGER,
-        strength REAL,
-        model TEXT,
-        source_image_id INTEGER REFERENCES images(id),
-        init_path TEXT,
-        mask_path TEXT,
-        status TEXT NOT NULL DEFAULT 'queued'
-            CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
-        error TEXT,
-        origin TEXT NOT NULL DEFAULT '{}',
-        queued_at REAL NOT NULL,
-        started_at REAL,
-        finished_at REAL,
-        delivered_at REAL,
-        engine_seconds REAL
-    );
-    CREATE INDEX jobs_by_status ON jobs(status);
-    CREATE INDEX jobs_by_user ON jobs(user_id, id);
-    CREATE INDEX jobs_by_request ON jobs(json_extract(origin, '$.request_key'));
-    CREATE TABLE images (
-        id INTEGER PRIMARY KEY,
-        job_id INTEGER NOT NULL REFERENCES jobs(id),
-        idx INTEGER NOT NULL,
-        path TEXT NOT NULL,
-        seed INTEGER NOT NULL,
-        width INTEGER NOT NULL,
-        height INTEGER NOT NULL,
-        model_version TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        UNIQUE (job_id, idx)
-    );
-    CREATE TABLE ratings (
-        image_id INTEGER NOT NULL REFERENCES images(id),
-        user_id INTEGER NOT NULL REFERENCES users(id),
-        score INTEGER NOT NULL CHECK (score BETWEEN 1 AND 5),
-        rated_at REAL NOT NULL,
-        PRIMARY KEY (image_id, user_id)
-    );
-    CREATE TABLE training_runs (
-        id INTEGER PRIMARY KEY,
-        version TEXT NOT NULL,
-        base_model TEXT NOT NULL,
-        parent_id INTEGER NOT NULL REFERENCES model_versions(id),
-        user_id INTEGER NOT NULL REFERENCES users(id),
-        status TEXT NOT NULL DEFAULT 'running'
-            CHECK (status IN ('running', 'done', 'failed', 'cancelled')),
-        steps INTEGER NOT NULL,
-        rank INTEGER NOT NULL,
-        min_score REAL NOT NULL,
-        images_used INTEGER NOT NULL,
-        ratings_used INTEGER NOT NULL,
-        step INTEGER NOT NULL DEFAULT 0,
-        loss REAL,
-        error TEXT,
-        origin TEXT NOT NULL DEFAULT '{}',
-        started_at REAL NOT NULL,
-        finished_at REAL
-    );
-    """,
-)
+from bot.migrations import MIGRATIONS, migrate  # noqa: F401  (MIGRATIONS: for tests)
+from engine.blobs import Blobs, LocalBlobs
+from engine.params import Params
 
 ACTIVE_STATUSES = ("queued", "running")
 
@@ -130,20 +29,12 @@ class NewJob:
     """What the service knows about a job before the engine has seen it."""
 
     user_id: int
-    kind: str
-    prompt: str
-    seed: int
-    negative_prompt: str = ""
-    n: int = 1
-    steps: int | None = None
-    guidance: float | None = None
-    aspect: tuple[int, int] = (1, 1)
-    strength: float | None = None
-    model: str | None = None
-    source_image_id: int | None = None
-    init_path: str | None = None
-    mask_path: str | None = None
+    params: Params
+    source_image_id: int | None = None  # the bot's picture that /vary or Reroll started from
     origin: dict[str, Any] = field(default_factory=dict)
+    # Attached pictures by their blob keys in `params`: put in the blob store only once the job
+    # is admitted, so a refused one leaves nothing behind.
+    uploads: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,22 +43,11 @@ class JobRow:
     user_id: int
     platform: str
     platform_user_id: str
-    kind: str
-    prompt: str
-    negative_prompt: str
-    seed: int
-    n: int
-    steps: int | None
-    guidance: float | None
-    aspect_w: int
-    aspect_h: int
+    params: Params  # as asked (the seed always set)
+    resolved: Params | None  # as the engine ran it: every default filled in
+    source_image_id: int | None
     width: int | None
     height: int | None
-    strength: float | None
-    model: str | None
-    source_image_id: int | None
-    init_path: str | None
-    mask_path: str | None
     status: str
     error: str | None
     origin: dict[str, Any]
@@ -177,23 +57,31 @@ class JobRow:
     delivered_at: float | None
     engine_seconds: float | None
 
+    @property
+    def kind(self) -> str:
+        return self.params.kind
+
+    @property
+    def prompt(self) -> str:
+        return self.params.prompt or ""
+
 
 @dataclass(frozen=True)
 class ImageRow:
     id: int
     job_id: int
     idx: int
-    path: str
+    blob: str  # the PNG's key in the blob store
     seed: int
     width: int
     height: int
-    model_version: str
+    version: str  # the LoRA version that drew it ("base": none)
     created_at: float
 
 
 @dataclass(frozen=True)
 class NewImage:
-    path: str
+    blob: str
     seed: int
     width: int
     height: int
@@ -205,9 +93,17 @@ _JOB_SELECT = """
 """
 
 
+# Kept in columns for queries (history, the gallery); the record itself is `params`.
+_QUERIED_PARAMS = ("kind", "prompt", "checkpoint")
+
+
 def _job(row: aiosqlite.Row) -> JobRow:
     values = dict(row)
+    for name in _QUERIED_PARAMS:
+        del values[name]
     values["origin"] = json.loads(values["origin"])
+    values["params"] = Params.from_json(values["params"])
+    values["resolved"] = values["resolved"] and Params.from_json(values["resolved"])
     return JobRow(**values)
 
 
@@ -217,14 +113,6 @@ def _image(row: aiosqlite.Row) -> ImageRow:
 
 def _file_uri(path: Path) -> str:
     return path.absolute().as_uri()
-
-
-async def _migrate(db: aiosqlite.Connection) -> None:
-    async with db.execute("PRAGMA user_version") as cursor:
-        (version,) = await cursor.fetchone()
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        # One transaction per migration: the schema and its number change together.
-        await db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
 
 
 class Store:
@@ -241,7 +129,9 @@ class Store:
         self._write_lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
+    async def open(cls, path: Path, blobs: Blobs | None = None) -> Store:
+        """Open (creating and migrating as needed) the database at `path`. `blobs` is where a
+        migration moves files an older version kept on disk (default: `blobs` beside it)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path)
         db.row_factory = aiosqlite.Row
@@ -249,7 +139,7 @@ class Store:
         await db.execute("PRAGMA foreign_keys = ON")
         await db.execute("PRAGMA busy_timeout = 5000")
         await db.execute("PRAGMA synchronous = NORMAL")
-        await _migrate(db)
+        await migrate(db, blobs or LocalBlobs(path.parent / "blobs"))
         reader = await aiosqlite.connect(f"{_file_uri(path)}?mode=ro", uri=True)
         reader.row_factory = aiosqlite.Row
         await reader.execute("PRAGMA busy_timeout = 5000")
@@ -305,15 +195,13 @@ class Store:
 
     async def add_job(self, job: NewJob) -> int:
         async with self.transaction() as db:
+            params = job.params
             cursor = await db.execute(
-                """INSERT INTO jobs (user_id, kind, prompt, negative_prompt, seed, n, steps,
-                       guidance, aspect_w, aspect_h, strength, model, source_image_id,
-                       init_path, mask_path, origin, queued_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (job.user_id, job.kind, job.prompt, job.negative_prompt, job.seed, job.n, job.steps,
-                 job.guidance, job.aspect[0], job.aspect[1], job.strength, job.model,
-                 job.source_image_id, job.init_path, job.mask_path, json.dumps(job.origin),
-                 time.time()),
+                """INSERT INTO jobs (user_id, kind, prompt, checkpoint, params, source_image_id,
+                       origin, queued_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                (job.user_id, params.kind, params.prompt or "", params.checkpoint,
+                 params.to_json(), job.source_image_id, json.dumps(job.origin), time.time()),
             )
         return cursor.lastrowid
 
@@ -343,14 +231,15 @@ class Store:
             " ORDER BY jobs.id"
         )
 
-    async def mark_started(self, job_id: int, width: int, height: int, steps: int,
-                           guidance: float) -> None:
+    async def mark_started(self, job_id: int, width: int, height: int,
+                           resolved: Params) -> None:
+        """The engine began the job, with every parameter resolved as `resolved` says."""
         async with self.transaction() as db:
             await db.execute(
                 """UPDATE jobs SET status = 'running', started_at = ?, width = ?, height = ?,
-                       steps = ?, guidance = ?
+                       resolved = ?
                    WHERE id = ? AND status = 'queued'""",
-                (time.time(), width, height, steps, guidance, job_id),
+                (time.time(), width, height, resolved.to_json(), job_id),
             )
 
     async def mark_requeued(self, job_id: int) -> None:
@@ -362,16 +251,16 @@ class Store:
             )
 
     async def save_result(self, job_id: int, images: Iterable[NewImage], engine_seconds: float,
-                          model_version: str) -> list[ImageRow]:
+                          version: str) -> list[ImageRow]:
         """Store the images and finish the job, in one transaction."""
         now = time.time()
         async with self.transaction() as db:
             for idx, image in enumerate(images):
                 await db.execute(
-                    """INSERT INTO images (job_id, idx, path, seed, width, height, model_version,
+                    """INSERT INTO images (job_id, idx, blob, seed, width, height, version,
                            created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-                    (job_id, idx, image.path, image.seed, image.width, image.height,
-                     model_version, now),
+                    (job_id, idx, image.blob, image.seed, image.width, image.height, version,
+                     now),
                 )
             await db.execute(
                 """UPDATE jobs SET status = 'done', finished_at = ?, engine_seconds = ?,

@@ -1,4 +1,4 @@
-"""The engine process: `python -m engine --model M --device D --images DIR`.
+"""The engine process: `python -m engine --model M --device D --blobs DIR`.
 
 It reads protocol messages from standard input, one JSON line each, and writes its own to
 standard output. Everything else that would print (libraries included) goes to standard error,
@@ -57,7 +57,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--max-batch", type=int, default=0,
                         help="most images in one batch; 0: sized to the device's memory")
-    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--blobs", type=Path, required=True,
+                        help="the blob store's folder: pictures in, pictures and LoRAs out")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet and the VAE decoder, warmed up at start")
     parser.add_argument("--threads", type=int, default=0,
@@ -80,6 +81,7 @@ def main() -> None:
     from transformers.utils import logging as transformers_logging
 
     from engine.batch_size import choose as choose_batch
+    from engine.blobs import LocalBlobs
     from engine.pipelines import load
     from engine.worker import Engine
 
@@ -98,13 +100,18 @@ def main() -> None:
         sys.exit(1)
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_read_stdin, args=(inbox,), daemon=True, name="stdin").start()
-    engine = Engine(pipelines, args.images, max_batch, send, inbox)
+    engine = Engine(pipelines, LocalBlobs(args.blobs), max_batch, send, inbox)
     loaded.set()
-    send(protocol.Ready(args.model, engine.model_version, str(pipelines.device),
+    send(protocol.Ready(args.model, engine.version, str(pipelines.device),
                         str(pipelines.dtype).removeprefix("torch."),
                         pipelines.settings.min_output_size, max_batch,
                         pipelines.family.label, tuple(pipelines.family.option_notes())))
     engine.run()
+    # Exit at once: a daemon thread blocked reading standard input can otherwise abort the
+    # interpreter's shutdown (exit code -6); every message is written already (unbuffered).
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -21,14 +21,13 @@ import torch
 from safetensors import safe_open
 
 from engine import protocol
+from engine.blobs import LocalBlobs
 from engine.lora import Adapters
 
-LORA_FILE = "pytorch_lora_weights.safetensors"  # what save_lora_adapter writes
 
-
-def lora_deltas(folder: str) -> dict[str, torch.Tensor]:
+def lora_deltas(file: Path) -> dict[str, torch.Tensor]:
     """Each targeted module's weight change, scale·B·A, from a saved LoRA (float32, CPU)."""
-    with safe_open(str(Path(folder) / LORA_FILE), "pt") as weights:
+    with safe_open(str(file), "pt") as weights:
         config = json.loads((weights.metadata() or {}).get("lora_adapter_metadata", "{}"))
         scale = config.get("lora_alpha", 1) / config.get("r", 1)
         keys = set(weights.keys())
@@ -46,9 +45,9 @@ class FusedAdapters(Adapters):
     """Adapters for a compiled denoiser: the chain generation uses is merged in place.
     `loaded` holds only a peft adapter being trained."""
 
-    def __init__(self, denoiser: torch.nn.Module) -> None:
-        super().__init__(denoiser)
-        self.paths: dict[str, str] = {}
+    def __init__(self, denoiser: torch.nn.Module, blobs: LocalBlobs) -> None:
+        super().__init__(denoiser, blobs)
+        self.files: dict[str, Path] = {}
         self.originals: dict[str, torch.Tensor] = {}
         self.merged: tuple[str, ...] = ()
 
@@ -56,7 +55,7 @@ class FusedAdapters(Adapters):
         for adapter in chain:
             if adapter.version in self.loaded:  # trained in this run: from now on, merged
                 self.drop(adapter.version)
-            self.paths[adapter.version] = adapter.path
+            self.files[adapter.version] = self.blobs.path(adapter.blob)
 
     def activate(self, names: tuple[str, ...]) -> None:
         training = [name for name in names if name in self.loaded]
@@ -77,7 +76,7 @@ class FusedAdapters(Adapters):
             return
         deltas: dict[str, torch.Tensor] = {}
         for version in chain:
-            for module, delta in lora_deltas(self.paths[version]).items():
+            for module, delta in lora_deltas(self.files[version]).items():
                 deltas[module] = deltas[module] + delta if module in deltas else delta
         with torch.no_grad():
             for module in set(self.originals) | set(deltas):

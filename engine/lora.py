@@ -15,6 +15,7 @@ autocast, and a float16 model's loss is scaled (GradScaler) so its gradients do 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from peft import LoraConfig
 from PIL import Image
 
 from engine import protocol
+from engine.blobs import LocalBlobs
 from engine.families import NotTrainable
 from engine.families.base import Conditioning
 from engine.pipelines import Pipelines
@@ -31,13 +33,15 @@ from engine.pipelines import Pipelines
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 8
+LORA_FILE = "pytorch_lora_weights.safetensors"  # what save_lora_adapter writes
 
 
 class Adapters:
     """Which LoRAs are loaded into the denoiser, and which chain generation uses."""
 
-    def __init__(self, denoiser: torch.nn.Module) -> None:
+    def __init__(self, denoiser: torch.nn.Module, blobs: LocalBlobs) -> None:
         self.denoiser = denoiser
+        self.blobs = blobs
         self.loaded: set[str] = set()
         self.active: tuple[str, ...] = ()
         self.version = "base"
@@ -45,8 +49,10 @@ class Adapters:
     def load(self, chain: tuple[protocol.Adapter, ...]) -> None:
         for adapter in chain:
             if adapter.version not in self.loaded:
-                self.denoiser.load_lora_adapter(adapter.path, adapter_name=adapter.version,
-                                                prefix=None, use_safetensors=True)
+                path = self.blobs.path(adapter.blob)
+                self.denoiser.load_lora_adapter(str(path.parent), weight_name=path.name,
+                                                adapter_name=adapter.version, prefix=None,
+                                                use_safetensors=True)
                 self.loaded.add(adapter.version)
 
     def use(self, version: str, chain: tuple[protocol.Adapter, ...]) -> None:
@@ -78,6 +84,7 @@ class LoraTrainer:
     """Fine-tunes one new LoRA a slice of steps at a time."""
 
     def __init__(self, pipes: Pipelines, adapters: Adapters, request: protocol.Train) -> None:
+        self.blobs = adapters.blobs
         self.family = pipes.family
         if not self.family.trainable:
             raise NotTrainable(self.family.not_trainable())
@@ -116,7 +123,7 @@ class LoraTrainer:
         size = self.pipes.settings.native_size
         images = []
         for example in self.request.examples:
-            with Image.open(example.image) as image:
+            with Image.open(self.blobs.path(example.image)) as image:
                 image = image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
             images.append(pipe.image_processor.preprocess(image))
         latents = self.family.encode_images(torch.cat(images))
@@ -166,13 +173,15 @@ class LoraTrainer:
     def seconds(self) -> float:
         return time.perf_counter() - self.began
 
-    def save(self) -> Path:
-        folder = Path(self.request.out_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.denoiser.save_lora_adapter(str(folder), adapter_name=self.request.version)
+    def save(self) -> str:
+        """Put the new LoRA's weights in the blob store; its key."""
+        with tempfile.TemporaryDirectory(prefix="canvas-lora-") as folder:
+            self.denoiser.save_lora_adapter(folder, adapter_name=self.request.version,
+                                            weight_name=LORA_FILE)
+            key = self.blobs.put((Path(folder) / LORA_FILE).read_bytes(), ".safetensors")
         for parameter in self.parameters:
             parameter.requires_grad_(False)
-        return folder
+        return key
 
     def discard(self) -> None:
         """Forget the half-trained LoRA; generation goes on with the active version."""

@@ -20,6 +20,7 @@ from diffusers import (
 )
 
 from engine.families import RANDOM_MODELS, Family, ModelSettings, build_random, family_of
+from engine.params import Params
 from engine.shapes import MODEL_DIR as SHAPES_DIR
 from engine.shapes import SD3_MODEL_DIR as SHAPES_SD3_DIR
 
@@ -31,7 +32,7 @@ SETTINGS_FILE = "canvas.json"  # optional per-model settings inside a model fold
 
 @dataclass
 class Pipelines:
-    name: str
+    checkpoint: str  # the weights, as configured (`bundled:shapes`, a folder, a hub id)
     text2img: DiffusionPipeline
     img2img: DiffusionPipeline | None  # None: diffusers has no such pipeline for this model
     inpaint: DiffusionPipeline | None
@@ -40,6 +41,12 @@ class Pipelines:
     dtype: torch.dtype
     family: Family
     compiled: bool = False  # the denoiser runs through torch.compile
+
+    @property
+    def defaults(self) -> Params:
+        """The model's own defaults, the last layer a job's parameters resolve from."""
+        return Params(steps=self.settings.default_steps, cfg=self.settings.default_guidance,
+                      checkpoint=self.checkpoint)
 
     def for_kind(self, kind: str) -> DiffusionPipeline:
         """The pipeline for a job's kind; a ValueError the user can read when there is none."""

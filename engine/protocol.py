@@ -1,7 +1,8 @@
 """Messages between the bot process and the engine process.
 
-Every message is a small frozen record of ids, numbers, strings and file paths, sent as one line
-of JSON. Never platform objects, never images: the engine writes PNGs and returns their paths.
+Every message is a small frozen record of ids, numbers, strings and blob keys, sent as one line
+of JSON. Never platform objects, never images, never paths: pictures and LoRA weights travel as
+keys of the blob store (engine/blobs.py), which a transport carries to an engine that lacks them.
 This module imports only the standard library, because the bot process loads it and must never
 import torch.
 """
@@ -13,28 +14,16 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-JobKind = Literal["txt2img", "img2img", "inpaint"]
-
+from engine.params import Params
 
 # ---- bot -> engine ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Job:
-    """One generation job. Unset sizes, steps and guidance take the model's defaults."""
+    """One generation job. What `params` does not give, the engine takes from the model."""
 
     job_id: int
-    kind: JobKind
-    prompt: str
-    seed: int
-    negative_prompt: str = ""
-    n: int = 1
-    steps: int | None = None
-    guidance: float | None = None
-    aspect: tuple[int, int] = (1, 1)
-    strength: float | None = None
-    init_image: str | None = None
-    mask_image: str | None = None
-    model: str | None = None
+    params: Params
 
 
 @dataclass(frozen=True)
@@ -49,10 +38,10 @@ class Shutdown:
 
 @dataclass(frozen=True)
 class Adapter:
-    """One trained LoRA: a model version's own weights, saved in `path`."""
+    """One trained LoRA: a version's own weights, a safetensors file in the blob store."""
 
     version: str
-    path: str
+    blob: str
 
 
 @dataclass(frozen=True)
@@ -65,7 +54,7 @@ class UseVersion:
 
 @dataclass(frozen=True)
 class TrainExample:
-    image: str
+    image: str  # blob key of the picture
     prompt: str
     weight: float
 
@@ -73,7 +62,7 @@ class TrainExample:
 @dataclass(frozen=True)
 class Train:
     """Fine-tune a new LoRA, `version`, on top of the `parents` chain, in slices between
-    generation batches, and save it under `out_dir`."""
+    generation batches, and put its weights in the blob store."""
 
     run_id: int
     version: str
@@ -81,7 +70,6 @@ class Train:
     examples: tuple[TrainExample, ...]
     steps: int
     rank: int
-    out_dir: str
     learning_rate: float = 1e-3
     seed: int = 0
 
@@ -102,8 +90,8 @@ class Loading:
 
 @dataclass(frozen=True)
 class Ready:
-    model: str
-    model_version: str
+    checkpoint: str
+    version: str
     device: str
     dtype: str
     min_output_size: int = 0  # chats show this model's images enlarged to at least this
@@ -114,13 +102,12 @@ class Ready:
 
 @dataclass(frozen=True)
 class Started:
-    """The job's batch began; the resolved parameters are what it will really use."""
+    """The job's batch began, with these parameters (every default filled in) at this size."""
 
     job_id: int
+    params: Params
     width: int
     height: int
-    steps: int
-    guidance: float
     batch_size: int
 
 
@@ -132,8 +119,8 @@ class Progress:
 
 
 @dataclass(frozen=True)
-class ImageFile:
-    path: str
+class ImageBlob:
+    blob: str  # the PNG's key
     seed: int
     width: int
     height: int
@@ -142,9 +129,9 @@ class ImageFile:
 @dataclass(frozen=True)
 class Result:
     job_id: int
-    images: tuple[ImageFile, ...]
+    images: tuple[ImageBlob, ...]
     engine_seconds: float
-    model_version: str
+    version: str
 
 
 @dataclass(frozen=True)
@@ -187,7 +174,7 @@ class TrainDone:
 
     run_id: int
     version: str
-    path: str
+    adapter: str  # blob key of the new LoRA's weights
     final_loss: float
     seconds: float
 
@@ -210,10 +197,10 @@ _TYPES: dict[str, type] = {
                 TrainFailed)
 }
 # Fields that hold records or tuples: JSON brings them back as dicts and lists.
+_PARAMS = {(Job, "params"), (Started, "params")}
 _NESTED: dict[tuple[type, str], type | None] = {
-    (Job, "aspect"): None,
     (Ready, "option_notes"): None,
-    (Result, "images"): ImageFile,
+    (Result, "images"): ImageBlob,
     (UseVersion, "chain"): Adapter,
     (Train, "parents"): Adapter,
     (Train, "examples"): TrainExample,
@@ -223,6 +210,9 @@ _NESTED: dict[tuple[type, str], type | None] = {
 def encode(message: ToEngine | FromEngine) -> bytes:
     """One message as one line of JSON, newline included."""
     body = dataclasses.asdict(message)
+    for owner, name in _PARAMS:
+        if owner is type(message):
+            body[name] = getattr(message, name).given()
     body["type"] = type(message).__name__
     return (json.dumps(body, ensure_ascii=False) + "\n").encode()
 
@@ -233,4 +223,7 @@ def decode(line: bytes | str) -> ToEngine | FromEngine:
     for (owner, name), item in _NESTED.items():
         if owner is cls:
             body[name] = tuple(item(**value) if item else value for value in body[name])
+    for owner, name in _PARAMS:
+        if owner is cls:
+            body[name] = Params.from_dict(body[name])
     return cls(**body)

@@ -10,6 +10,8 @@ several batches; its result is sent when its last image is written.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import io
 import logging
 import os
 import queue
@@ -24,17 +26,15 @@ import torch
 from PIL import Image
 
 from engine import protocol
+from engine.blobs import BlobMissing, LocalBlobs
 from engine.families.base import accepts
 from engine.fused_lora import FusedAdapters
 from engine.lora import Adapters, LoraTrainer
+from engine.params import Params
 from engine.pipelines import Pipelines, fit_size
 
 log = logging.getLogger(__name__)
 
-# Denoising steps that img2img and inpainting really run: diffusers skips the first part of the
-# schedule according to the strength.
-DEFAULT_VARY_STRENGTH = 0.6
-DEFAULT_INPAINT_STRENGTH = 1.0
 # Training runs this long between generation batches: users wait at most about this much more.
 TRAIN_SLICE_SECONDS = 0.5
 # After an out-of-memory error lowered a kind of job's batches, this many batches run at the
@@ -49,13 +49,11 @@ Control = protocol.UseVersion | protocol.Train | protocol.CancelTrain
 class Plan:
     """A job with every parameter resolved, and what has been made of it so far."""
 
-    job: protocol.Job
+    job_id: int
+    params: Params  # complete: nothing left to the model
     width: int
     height: int
-    steps: int
-    guidance: float
-    strength: float | None
-    images: dict[int, protocol.ImageFile] = field(default_factory=dict)
+    images: dict[int, protocol.ImageBlob] = field(default_factory=dict)
     engine_seconds: float = 0.0
     started: bool = False
     cancelled: bool = False
@@ -63,27 +61,29 @@ class Plan:
 
     @property
     def batch_key(self) -> tuple:
-        job = self.job
-        return (job.kind, job.model, self.width, self.height, self.steps, self.guidance,
-                self.strength, self.options)
+        params = self.params
+        return (params.kind, params.checkpoint, self.width, self.height, params.steps,
+                params.cfg, params.strength, self.options)
 
     @property
     def steps_run(self) -> int:
-        """Steps the pipeline really runs (img2img skips the start of the schedule)."""
-        if self.strength is None:
-            return self.steps
-        return max(1, min(int(self.steps * self.strength), self.steps))
+        """Steps the pipeline really runs: diffusers skips the first part of the schedule
+        according to the strength."""
+        steps, strength = self.params.steps, self.params.strength
+        if strength is None:
+            return steps
+        return max(1, min(int(steps * strength), steps))
 
 
 Slot = tuple[Plan, int]  # one image of a job: (plan, index within the job)
 
 
 class Engine:
-    def __init__(self, pipelines: Pipelines, images_dir: Path, max_batch: int,
+    def __init__(self, pipelines: Pipelines, blobs: LocalBlobs, max_batch: int,
                  send: Callable[[protocol.FromEngine], None],
                  inbox: queue.Queue[protocol.ToEngine]) -> None:
         self.pipes = pipelines
-        self.images_dir = images_dir
+        self.blobs = blobs
         self.max_batch = max_batch
         # Lowered for a kind of job after a batch of it ran out of device memory, and raised
         # again step by step (RECOVERY_BATCHES), or at once when a training run frees its memory.
@@ -99,7 +99,7 @@ class Engine:
         # A compiled denoiser gets versions merged into its weights: peft layers would make
         # every switch compile again.
         adapters = FusedAdapters if pipelines.compiled else Adapters
-        self.adapters = adapters(pipelines.family.module)
+        self.adapters = adapters(pipelines.family.module, blobs)
         self.trainer: LoraTrainer | None = None
         # Version switches and training commands wait for the end of the current batch, so
         # a batch never changes model half way.
@@ -158,31 +158,43 @@ class Engine:
                                       f"{error}", "failed"))
             return
         self.plans[job.job_id] = plan
-        self.slots.extend((plan, index) for index in range(job.n))
+        self.slots.extend((plan, index) for index in range(plan.params.n))
 
     def plan(self, job: protocol.Job) -> Plan:
-        if job.model not in (None, self.pipes.name):
-            raise ValueError(f"The model {job.model} is not loaded; this engine runs "
-                             f"{self.pipes.name}.")
-        settings = self.pipes.settings
-        unsupported = self.pipes.family.unsupported(self.pipes.for_kind(job.kind),
-                                                    job.negative_prompt, job.guidance)
+        given = job.params
+        if given.checkpoint not in (None, self.pipes.checkpoint):
+            raise ValueError(f"The model {given.checkpoint} is not loaded; this engine runs "
+                             f"{self.pipes.checkpoint}.")
+        unsupported = self.pipes.family.unsupported(self.pipes.for_kind(given.kind),
+                                                    given.negative or "", given.cfg)
         if unsupported:
             raise ValueError(unsupported)
-        if job.init_image:
-            with Image.open(job.init_image) as image:
-                width, height = fit_size(image.size, settings)
+        params = given.resolve(self.pipes.defaults).complete()
+        if params.seed is None:
+            raise ValueError("This job has no seed; the bot chooses one for every job.")
+        if params.kind == "txt2img":
+            params = dataclasses.replace(params, strength=None, image=None, mask=None)
+            width, height = fit_size(params.aspect, self.pipes.settings)
         else:
-            width, height = fit_size(job.aspect, settings)
-        strength = {"txt2img": None, "img2img": DEFAULT_VARY_STRENGTH,
-                    "inpaint": DEFAULT_INPAINT_STRENGTH}[job.kind]
-        if job.strength is not None and job.kind != "txt2img":
-            strength = job.strength
-        return Plan(job, width, height,
-                    steps=job.steps or settings.default_steps,
-                    guidance=settings.default_guidance if job.guidance is None else job.guidance,
-                    strength=strength,
-                    options=self.pipes.family.batch_options(job.negative_prompt))
+            with Image.open(self._file(params.image)) as image:
+                width, height = fit_size(image.size, self.pipes.settings)
+            if params.kind == "inpaint":
+                self._file(params.mask)
+        return Plan(job.job_id, params, width, height,
+                    options=self.pipes.family.batch_options(params.negative))
+
+    def _file(self, key: str | None) -> Path:
+        """The blob `key` names, checked before a batch could fail on it."""
+        if key is None:
+            raise ValueError("This job needs a picture (and, to inpaint, a mask) but has none.")
+        try:
+            path = self.blobs.path(key)
+        except BlobMissing:
+            raise ValueError("This job names a picture that is not a picture's key.") from None
+        if not path.is_file():
+            raise ValueError("The picture for this job is missing from the bot's storage; "
+                             "please send it again.")
+        return path
 
     def cancel(self, job_id: int) -> None:
         plan = self.plans.pop(job_id, None)
@@ -197,7 +209,7 @@ class Engine:
     def next_batch(self) -> list[Slot]:
         """The oldest waiting image, and the compatible ones behind it, up to max_batch."""
         first = self.slots[0][0]
-        limit = self.kind_limits.get(first.job.kind, self.max_batch)
+        limit = self.kind_limits.get(first.params.kind, self.max_batch)
         batch = [slot for slot in self.slots if slot[0].batch_key == first.batch_key][:limit]
         taken = {id(slot) for slot in batch}
         self.slots = deque(slot for slot in self.slots if id(slot) not in taken)
@@ -208,8 +220,8 @@ class Engine:
         for plan in plans:
             if not plan.started:
                 plan.started = True
-                self.send(protocol.Started(plan.job.job_id, plan.width, plan.height, plan.steps,
-                                           plan.guidance, len(batch)))
+                self.send(protocol.Started(plan.job_id, plan.params, plan.width, plan.height,
+                                           len(batch)))
         began = time.perf_counter()
         try:
             images = self.generate(batch)
@@ -224,29 +236,28 @@ class Engine:
         if self.stopping:
             return  # interrupted: the bot still holds these jobs and puts them back on restart
         if not halves_of_a_split:
-            self.recover_limit(plans[0].job.kind, len(batch))
+            self.recover_limit(plans[0].params.kind, len(batch))
         elapsed = time.perf_counter() - began
         for plan in plans:
             plan.engine_seconds += elapsed
         kept = []
         for (plan, index), image in zip(batch, images, strict=True):
-            if plan.cancelled or plan.job.job_id not in self.plans:
+            if plan.cancelled or plan.job_id not in self.plans:
                 continue
             if image is None:
                 self.fail(plan, SAFETY_REFUSAL)
             else:
                 kept.append((plan, index, image))
-        paths = [self.image_path(plan, index) for plan, index, _ in kept]
-        errors = self.write_pngs([image for _, _, image in kept], paths)
-        for (plan, index, image), path, error in zip(kept, paths, errors, strict=True):
-            if plan.job.job_id not in self.plans:
+        keys = self.store_pngs([image for _, _, image in kept])
+        for (plan, index, image), key in zip(kept, keys, strict=True):
+            if plan.job_id not in self.plans:
                 continue  # another image of this job could not be written
-            if error is None:
-                self.record(plan, index, image, path)
+            if isinstance(key, str):
+                self.record(plan, index, image, key)
                 continue
-            log.error("could not write an image under %s: %s", self.images_dir, error)
+            log.error("could not write an image under %s: %s", self.blobs.root, key)
             self.fail(plan, "Your image was made but could not be saved (the bot's disk is "
-                      f"full or its images folder is not writable: {error.strerror}). "
+                      f"full or its images folder is not writable: {key.strerror}). "
                       "The bot's admins can see this in the log.")
 
     def out_of_memory(self, batch: list[Slot]) -> None:
@@ -256,7 +267,7 @@ class Engine:
             torch.cuda.empty_cache()
         if len(batch) > 1:
             half = len(batch) // 2
-            kind = batch[0][0].job.kind
+            kind = batch[0][0].params.kind
             self.kind_limits[kind] = min(half, self.kind_limits.get(kind, self.max_batch))
             self.batches_since_lowered[kind] = 0
             log.warning("out of memory on a batch of %d; splitting it, and making %s batches "
@@ -266,8 +277,8 @@ class Engine:
             return
         plan = batch[0][0]
         log.error("out of memory on one image of %dx%d", plan.width, plan.height)
-        self.fail(plan, f"The image ({plan.width}×{plan.height}, {plan.steps} steps) does not "
-                  "fit in the device's memory. Try a smaller --ar or fewer --n.")
+        self.fail(plan, f"The image ({plan.width}×{plan.height}, {plan.params.steps} steps) "
+                  "does not fit in the device's memory. Try a smaller --ar or fewer --n.")
 
     def recover_limit(self, kind: str, size: int) -> None:
         """A batch of `kind` fitted: after enough full ones, try twice as large again."""
@@ -294,35 +305,36 @@ class Engine:
             self.batches_since_lowered.clear()
 
     def fail(self, plan: Plan, error: str) -> None:
-        if self.plans.pop(plan.job.job_id, None) is None:
+        if self.plans.pop(plan.job_id, None) is None:
             return
         self.slots = deque(slot for slot in self.slots if slot[0] is not plan)
-        self.send(protocol.Failed(plan.job.job_id, error, "failed"))
+        self.send(protocol.Failed(plan.job_id, error, "failed"))
 
     def generate(self, batch: list[Slot]) -> list[Image.Image | None]:
         """The batch's images; None for one the model's own safety checker flagged."""
         plan = batch[0][0]
-        jobs = [p.job for p, _ in batch]
+        jobs = [p.params for p, _ in batch]
         arguments = dict(
             **self.pipes.family.call_arguments([job.prompt for job in jobs],
-                                               [job.negative_prompt for job in jobs],
-                                               plan.guidance),
+                                               [job.negative for job in jobs],
+                                               plan.params.cfg),
             **self.pipes.settings.call,
-            num_inference_steps=plan.steps,
+            num_inference_steps=plan.params.steps,
             # CPU generators give the same noise on every device, so a seed means one image.
-            generator=[torch.Generator("cpu").manual_seed(p.job.seed + i) for p, i in batch],
+            generator=[torch.Generator("cpu").manual_seed(p.params.seed + i) for p, i in batch],
             callback_on_step_end=self.step_callback(batch),
         )
-        kind = plan.job.kind
+        kind = plan.params.kind
         pipe = self.pipes.for_kind(kind)
         if kind == "txt2img":
             arguments.update(width=plan.width, height=plan.height)
         else:
             size = (plan.width, plan.height)
-            arguments["image"] = [_open_rgb(job.init_image, size) for job in jobs]
-            arguments["strength"] = plan.strength
+            arguments["image"] = [_open_rgb(self.blobs.path(job.image), size) for job in jobs]
+            arguments["strength"] = plan.params.strength
             if kind == "inpaint":
-                arguments["mask_image"] = [_open_mask(job.mask_image, size) for job in jobs]
+                arguments["mask_image"] = [_open_mask(self.blobs.path(job.mask), size)
+                                           for job in jobs]
                 arguments.update(width=plan.width, height=plan.height)
             elif accepts(pipe, "width"):  # FLUX's img2img sizes its output itself otherwise
                 arguments.update(width=plan.width, height=plan.height)
@@ -348,39 +360,41 @@ class Engine:
                 if not plan.cancelled:
                     done = (len(plan.images) * plan.steps_run
                             + slots_in_batch[id(plan)] * (step + 1))
-                    self.send(protocol.Progress(plan.job.job_id, done,
-                                                plan.job.n * plan.steps_run))
+                    self.send(protocol.Progress(plan.job_id, done,
+                                                plan.params.n * plan.steps_run))
             if self.stopping or all(plan.cancelled for plan in plans):
                 pipe._interrupt = True  # diffusers' documented way to stop between steps
             return tensors
 
         return on_step_end
 
-    def image_path(self, plan: Plan, index: int) -> Path:
-        job = plan.job
-        return self.images_dir / "out" / f"{job.job_id}-{index}-{job.seed + index}.png"
+    def store_pngs(self, images: list[Image.Image]) -> list[str | OSError]:
+        """Encode a batch's PNGs side by side and put them in the blob store: each one's key,
+        or the error that kept it out (Pillow's encoder lets go of the GIL: on a GPU, encoding
+        a big batch one by one costs a noticeable share of its time)."""
+        return list(self.png_writers.map(self._store_png, images))
 
-    def write_pngs(self, images: list[Image.Image], paths: list[Path]) -> list[OSError | None]:
-        """Encode and write a batch's PNGs side by side (Pillow's encoder lets go of the GIL:
-        on a GPU, encoding a big batch one by one costs a noticeable share of its time)."""
+    def _store_png(self, image: Image.Image) -> str | OSError:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
         try:
-            (self.images_dir / "out").mkdir(parents=True, exist_ok=True)
+            return self.blobs.put(buffer.getvalue(), ".png")
         except OSError as error:
-            return [error] * len(images)
-        return list(self.png_writers.map(_write_png, images, paths))
+            return error
 
-    def record(self, plan: Plan, index: int, image: Image.Image, path: Path) -> None:
-        job = plan.job
-        plan.images[index] = protocol.ImageFile(str(path), job.seed + index, image.width,
+    def record(self, plan: Plan, index: int, image: Image.Image, key: str) -> None:
+        params = plan.params
+        plan.images[index] = protocol.ImageBlob(key, params.seed + index, image.width,
                                                 image.height)
-        if len(plan.images) == job.n:
-            del self.plans[job.job_id]
-            images = tuple(plan.images[i] for i in range(job.n))
-            self.send(protocol.Result(job.job_id, images, round(plan.engine_seconds, 4),
-                                      self.model_version))
+        if len(plan.images) == params.n:
+            del self.plans[plan.job_id]
+            images = tuple(plan.images[i] for i in range(params.n))
+            self.send(protocol.Result(plan.job_id, images, round(plan.engine_seconds, 4),
+                                      self.version))
 
     @property
-    def model_version(self) -> str:
+    def version(self) -> str:
+        """The LoRA version generation uses ("base": none)."""
         return self.adapters.version
 
     # ---- versions and training -----------------------------------------------------------
@@ -422,7 +436,7 @@ class Engine:
                                              trainer.loss, round(trainer.seconds, 2)))
             if not trainer.done:
                 return
-            path = trainer.save()
+            key = trainer.save()
         except Exception as error:
             log.exception("training %s failed", request.version)
             self.training_ended()
@@ -431,9 +445,9 @@ class Engine:
             return
         self.training_ended()
         self.adapters.use(request.version,
-                          request.parents + (protocol.Adapter(request.version, str(path)),))
+                          request.parents + (protocol.Adapter(request.version, key),))
         self.adapters.for_generation()
-        self.send(protocol.TrainDone(request.run_id, request.version, str(path), trainer.loss,
+        self.send(protocol.TrainDone(request.run_id, request.version, key, trainer.loss,
                                      round(trainer.seconds, 2)))
 
 
@@ -442,21 +456,11 @@ def _plans_of(batch: list[Slot]) -> list[Plan]:
     return list({id(plan): plan for plan, _ in batch}.values())
 
 
-def _write_png(image: Image.Image, path: Path) -> OSError | None:
-    partial = path.with_suffix(".part")
-    try:
-        image.save(partial, format="PNG")
-        os.replace(partial, path)  # a crash never leaves half a PNG under the final name
-    except OSError as error:
-        return error
-    return None
-
-
-def _open_rgb(path: str | None, size: tuple[int, int]) -> Image.Image:
+def _open_rgb(path: Path, size: tuple[int, int]) -> Image.Image:
     with Image.open(path) as image:
         return image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
 
 
-def _open_mask(path: str | None, size: tuple[int, int]) -> Image.Image:
+def _open_mask(path: Path, size: tuple[int, int]) -> Image.Image:
     with Image.open(path) as image:
         return image.convert("L").resize(size, Image.Resampling.NEAREST)

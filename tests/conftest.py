@@ -49,6 +49,11 @@ def job_statuses(db: Path) -> dict[int, tuple[str, bool]]:
     return {job: (status, bool(delivered)) for job, status, delivered in rows}
 
 
+def engine_process(service: Service) -> asyncio.subprocess.Process:
+    """The service's (one) engine process, for tests that kill it."""
+    return service.engines.handles[0].transport.process
+
+
 async def start_bot_process(config: Path) -> asyncio.subprocess.Process:
     """`canvas run` as its own process, as an operator starts it."""
     return await asyncio.create_subprocess_exec(

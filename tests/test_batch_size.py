@@ -15,7 +15,8 @@ import torch
 
 from engine import protocol
 from engine.batch_size import CPU_BATCH, GIB, MemoryUse, choose, fitting_batch
-from engine.client import EngineClient, EngineOptions
+from engine.client import EngineHandle, EngineOptions, SubprocessTransport
+from engine.params import Params
 from engine.pipelines import load
 
 
@@ -105,8 +106,9 @@ class Jobs:
     """A job source as the queue would be: a long first job, then short ones."""
 
     def __init__(self, count: int) -> None:
-        self.waiting = [protocol.Job(i, "txt2img", "a red circle", seed=i,
-                                     steps=200 if i == 1 else 5) for i in range(1, count + 1)]
+        self.waiting = [protocol.Job(i, Params(kind="txt2img", prompt="a red circle", seed=i,
+                                               steps=200 if i == 1 else 5))
+                        for i in range(1, count + 1)]
 
     async def get(self) -> protocol.Job:
         if not self.waiting:
@@ -118,7 +120,8 @@ class Jobs:
 
 
 async def test_the_engine_sizes_its_batch_and_is_handed_that_many_jobs_at_a_time(tmp_path):
-    client = EngineClient(EngineOptions("bundled:shapes", "cpu", "auto", 0, tmp_path))
+    client = EngineHandle(SubprocessTransport(
+        EngineOptions("bundled:shapes", "cpu", "auto", 0, tmp_path)))
     ready = await client.start()
     try:
         assert ready.max_batch == CPU_BATCH

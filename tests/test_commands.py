@@ -11,6 +11,7 @@ from bot.commands import (
     COMMANDS,
     HELP_TEXT,
     MAX_SEED,
+    TABLE,
     Cancel,
     CommandError,
     Help,
@@ -23,7 +24,9 @@ from bot.commands import (
     ShowQueue,
     Vary,
     parse,
+    parse_typed,
 )
+from engine.params import Params
 
 
 def error_of(text: str, **kwargs: int) -> str:
@@ -52,7 +55,9 @@ def test_max_seed():
 def test_requests_are_frozen():
     request = parse("/imagine a fox")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        request.prompt = "a dog"  # type: ignore[misc]
+        request.params = Params(prompt="a dog")  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.params.prompt = "a dog"  # type: ignore[misc]
 
 
 def test_commands_describe_every_command_in_one_line():
@@ -100,13 +105,14 @@ def test_help_text_lists_every_command_option_and_range():
     assert "#12" in HELP_TEXT
 
 
-def test_module_imports_only_the_standard_library():
+def test_module_imports_only_the_standard_library_and_the_params_record():
     code = (
         "import sys\n"
         "before = set(sys.modules)\n"
         "import bot.commands\n"
         "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"
-        "print(sorted(new - set(sys.stdlib_module_names) - {'bot'}))\n"
+        "print(sorted(new - set(sys.stdlib_module_names) - {'bot', 'engine'}))\n"
+        "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] == 'engine'))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
@@ -115,7 +121,104 @@ def test_module_imports_only_the_standard_library():
         text=True,
         check=True,
     )
-    assert result.stdout.strip() == "[]"
+    assert result.stdout.splitlines() == ["[]", "['engine', 'engine.params']"]
+
+
+# ---------------------------------------------------------------------------
+# The table is the one source
+
+
+def test_commands_and_help_are_made_from_the_table():
+    assert list(COMMANDS) == list(TABLE)
+    assert {name: command.summary for name, command in TABLE.items()} == COMMANDS
+    flat = " ".join(HELP_TEXT.split())  # ignoring where the lines wrap
+    for name, command in TABLE.items():
+        usage = " ".join([f"/{name}"] + [
+            f"<{o.placeholder}>" if o.required else f"[{o.placeholder}]" for o in command.words])
+        assert f"{usage}{' [options]' if command.flags else ''} - " in flat
+        for option in command.flags:
+            assert f"--{option.flag} {option.placeholder}" in flat
+        assert command.more in flat
+
+
+def test_every_option_is_described_and_named_the_same_way_everywhere():
+    for name, command in TABLE.items():
+        names = [option.name for option in command.options]
+        assert len(set(names)) == len(names)
+        for option in command.options:
+            assert 1 <= len(option.description) <= 100  # Discord's limit
+            assert option.name.islower() and option.name.isidentifier()
+            if option.flag is not None:
+                assert option.example.startswith(f"--{option.flag} ")
+        if command.flags:  # the text syntax lists exactly the table's options
+            flags = ", ".join(f"--{option.flag}" for option in command.flags)
+            assert error_of(f"/{name} --zzz").endswith(f"Options: {flags}.")
+
+
+@pytest.mark.parametrize(
+    ("text", "command", "values"),
+    [
+        ("/imagine a red fox --no snow --seed 7 --steps 30 --cfg 7.5 --ar 32:18 --n 2 "
+         "--model sdxl",
+         "imagine", {"prompt": "a red fox", "negative": "snow", "seed": 7, "steps": 30,
+                     "cfg": 7.5, "aspect": "32:18", "n": 2, "model": "sdxl"}),
+        ("/imagine a fox --cfg 7", "imagine", {"prompt": " a  fox ", "cfg": 7}),
+        ("/imagine a fox", "imagine", {"prompt": "a fox", "negative": "  ", "model": None}),
+        ("/vary #12 --strength 0.5 --seed 3 --prompt a cat", "vary",
+         {"id": "#12", "strength": 0.5, "seed": 3, "prompt": "a cat"}),
+        ("/vary", "vary", {"id": None, "prompt": " "}),
+        ("/inpaint a hat --no feathers --seed 1 --steps 4 --cfg 30", "inpaint",
+         {"prompt": "a hat", "negative": "feathers", "seed": 1, "steps": 4, "cfg": 30.0}),
+        ("/rate #7 5", "rate", {"image": " 7 ", "score": 5}),
+        ("/cancel", "cancel", {}),
+        ("/cancel #9", "cancel", {"job": 9}),
+        ("/queue", "queue", {}),
+        ("/history", "history", {}),
+        ("/help", "help", {}),
+        ("/retrain --steps 20 --min-score 4.5 --rank 8", "retrain",
+         {"action": None, "steps": 20, "min_score": 4.5, "rank": 8}),
+        ("/retrain status", "retrain", {"action": "status"}),
+        ("/model", "model", {}),
+        ("/model use v3", "model", {"action": "use", "version": "v3"}),
+    ],
+)
+def test_text_and_typed_options_make_the_same_request(text, command, values):
+    assert parse(text) == parse_typed(command, values)
+
+
+@pytest.mark.parametrize(
+    ("text", "command", "values"),
+    [
+        ("/imagine a fox --seed -3", "imagine", {"prompt": "a fox", "seed": -3}),
+        ("/imagine a fox --steps 0", "imagine", {"prompt": "a fox", "steps": 0}),
+        ("/imagine a fox --cfg 31", "imagine", {"prompt": "a fox", "cfg": 31}),
+        ("/imagine a fox --ar 9:1", "imagine", {"prompt": "a fox", "aspect": "9:1"}),
+        ("/imagine a fox --model " + "m" * 201, "imagine", {"prompt": "a", "model": "m" * 201}),
+        ("/imagine " + "x" * 1001, "imagine", {"prompt": "x" * 1001}),
+        ("/imagine --seed 3", "imagine", {"prompt": " \x00 ", "seed": 3}),
+        ("/vary 0", "vary", {"id": "0"}),
+        ("/vary --strength 1.5", "vary", {"strength": 1.5}),
+        ("/inpaint a hat --steps 101", "inpaint", {"prompt": "a hat", "steps": 101}),
+        ("/rate 3 6", "rate", {"image": "3", "score": 6}),
+        ("/rate x 4", "rate", {"image": "x", "score": 4}),
+        ("/cancel 0", "cancel", {"job": 0}),
+        ("/retrain --rank 129", "retrain", {"rank": 129}),
+        ("/retrain --min-score 0.5", "retrain", {"min_score": 0.5}),
+        ("/retrain status --steps 5", "retrain", {"action": "status", "steps": 5}),
+        ("/model use", "model", {"action": "use"}),
+        ("/model use " + "v" * 201, "model", {"action": "use", "version": "v" * 201}),
+    ],
+)
+def test_text_and_typed_options_are_refused_with_the_same_message(text, command, values):
+    with pytest.raises(CommandError) as typed:
+        parse_typed(command, values)
+    assert error_of(text) == typed.value.message
+
+
+def test_typed_option_names_are_the_tables():
+    with pytest.raises(TypeError, match="no option 'no'"):
+        parse_typed("imagine", {"prompt": "a fox", "no": "snow"})  # --no is named negative
+    assert parse_typed("imagine", {"prompt": "a fox", "negative": "snow"}).params.negative == "snow"
 
 
 # ---------------------------------------------------------------------------
@@ -165,7 +268,7 @@ def test_a_huge_unknown_command_is_not_echoed_in_full():
      "/IMAGINE@MagicCanvasBot a fox", "  /imagine   a fox  ", "/imagine\na fox"],
 )  # fmt: skip
 def test_command_word_is_case_insensitive_and_ignores_bot_name(text):
-    assert parse(text) == Imagine(prompt="a fox")
+    assert parse(text) == Imagine(Params(prompt="a fox"))
 
 
 def test_bot_name_on_commands_without_arguments():
@@ -183,12 +286,13 @@ def test_telegram_start_shows_help():
 
 def test_imagine_defaults():
     request = parse("/imagine a red fox in the snow")
-    assert request == Imagine(prompt="a red fox in the snow")
-    assert request.negative == ""
-    assert request.seed is None and request.steps is None and request.cfg is None
-    assert request.aspect == (1, 1)
-    assert request.n == 1
-    assert request.model is None
+    assert request == Imagine(Params(kind="txt2img", prompt="a red fox in the snow"))
+    params = request.params  # None: not given (the service and the model fill it in)
+    assert params.negative is None
+    assert params.seed is None and params.steps is None and params.cfg is None
+    assert params.aspect is None
+    assert params.n is None
+    assert params.checkpoint is None
 
 
 def test_imagine_all_options():
@@ -196,7 +300,7 @@ def test_imagine_all_options():
         "/imagine a cat's hat, watercolour --no blurry, text --seed 42 --steps 30 "
         "--cfg 7.5 --ar 16:9 --n 4 --model sdxl-base_v2"
     )
-    assert request == Imagine(
+    assert request == Imagine(Params(
         prompt="a cat's hat, watercolour",
         negative="blurry, text",
         seed=42,
@@ -204,44 +308,47 @@ def test_imagine_all_options():
         cfg=7.5,
         aspect=(16, 9),
         n=4,
-        model="sdxl-base_v2",
-    )
+        checkpoint="sdxl-base_v2",
+    ))
 
 
 def test_imagine_options_before_and_between_prompt_words():
     request = parse("/imagine --seed 7 a red --n 2 fox --no snow, rain")
-    assert request == Imagine(prompt="a red fox", negative="snow, rain", seed=7, n=2)
+    assert request == Imagine(Params(prompt="a red fox", negative="snow, rain", seed=7, n=2))
 
 
 def test_apostrophes_and_quotes_are_kept():
     request = parse("/imagine a cat's hat and \"quoted\" words --no the dog's bone")
-    assert request.prompt == 'a cat\'s hat and "quoted" words'
-    assert request.negative == "the dog's bone"
+    assert request.params.prompt == 'a cat\'s hat and "quoted" words'
+    assert request.params.negative == "the dog's bone"
 
 
 def test_unbalanced_quote_is_fine():
-    assert parse("/imagine it's 5 o'clock \"somewhere").prompt == "it's 5 o'clock \"somewhere"
+    request = parse("/imagine it's 5 o'clock \"somewhere")
+    assert request.params.prompt == "it's 5 o'clock \"somewhere"
 
 
 def test_em_dash_counts_as_double_dash():
     request = parse("/imagine a fox —no snow —seed 3 —ar 2:3")
-    assert request == Imagine(prompt="a fox", negative="snow", seed=3, aspect=(2, 3))
+    assert request == Imagine(Params(prompt="a fox", negative="snow", seed=3, aspect=(2, 3)))
 
 
 def test_dashes_not_followed_by_a_letter_are_prompt_text():
     request = parse("/imagine a fox -- in the snow — at dusk --5 -x")
-    assert request.prompt == "a fox -- in the snow — at dusk --5 -x"
+    assert request.params.prompt == "a fox -- in the snow — at dusk --5 -x"
 
 
 def test_option_names_are_case_insensitive_and_accept_equals():
     request = parse("/imagine a fox --SEED=5 --Model=SDXL --no=snow, rain")
-    assert request == Imagine(prompt="a fox", negative="snow, rain", seed=5, model="SDXL")
+    assert request == Imagine(
+        Params(prompt="a fox", negative="snow, rain", seed=5, checkpoint="SDXL")
+    )
 
 
 def test_imagine_whitespace_is_collapsed():
     request = parse("/imagine   a\tred \n\n fox   --no   snow \t  rain  ")
-    assert request.prompt == "a red fox"
-    assert request.negative == "snow rain"
+    assert request.params.prompt == "a red fox"
+    assert request.params.negative == "snow rain"
 
 
 def test_imagine_without_prompt_asks_to_describe_the_picture():
@@ -253,27 +360,27 @@ def test_imagine_without_prompt_asks_to_describe_the_picture():
 
 def test_null_bytes_and_control_characters_are_removed():
     request = parse("/imagine a\x00 red\x1b[31m fox\x07 --no sn\x00ow")
-    assert request.prompt == "a red[31m fox"
-    assert request.negative == "snow"
+    assert request.params.prompt == "a red[31m fox"
+    assert request.params.negative == "snow"
 
 
 def test_lone_surrogates_are_removed():
-    assert parse("/imagine a fox\ud800").prompt == "a fox"
+    assert parse("/imagine a fox\ud800").params.prompt == "a fox"
 
 
 def test_emoji_and_right_to_left_text_are_kept():
     prompt = "a 🦊 in the ❄️ with 👩‍🎨 and مرحبا بالعالم and שלום \u200f"
-    assert parse(f"/imagine {prompt}").prompt == prompt
+    assert parse(f"/imagine {prompt}").params.prompt == prompt
 
 
 def test_sql_looking_text_is_kept_verbatim():
     prompt = "Robert'); DROP TABLE images;-- and 1=1 OR '' = ''"
-    assert parse(f"/imagine {prompt}").prompt == prompt
+    assert parse(f"/imagine {prompt}").params.prompt == prompt
 
 
 def test_prompt_at_the_limit_is_accepted():
     prompt = "a" * 1000
-    assert parse(f"/imagine {prompt}").prompt == prompt
+    assert parse(f"/imagine {prompt}").params.prompt == prompt
 
 
 def test_prompt_one_past_the_limit_is_refused():
@@ -293,24 +400,24 @@ def test_prompt_limit_counts_after_normalisation():
     # 10 words of 99 letters, separated by runs of spaces and null bytes: 999 chars once tidy.
     prompt = ("  \x00".join(["b" * 99] * 10)).replace("\x00", "")
     assert len(" ".join(prompt.split())) == 999
-    assert len(parse("/imagine " + prompt).prompt) == 999
+    assert len(parse("/imagine " + prompt).params.prompt) == 999
 
 
 def test_custom_prompt_limit():
-    assert parse("/imagine abcde", max_prompt_chars=5).prompt == "abcde"
+    assert parse("/imagine abcde", max_prompt_chars=5).params.prompt == "abcde"
     message = error_of("/imagine abcdef", max_prompt_chars=5)
     assert "6 characters" in message and "limit is 5" in message
 
 
 def test_negative_prompt_limit():
-    assert parse("/imagine fox --no " + "n" * 1000).negative == "n" * 1000
+    assert parse("/imagine fox --no " + "n" * 1000).params.negative == "n" * 1000
     message = error_of("/imagine fox --no " + "n" * 1001)
     assert "--no" in message and "1001" in message and "limit is 1000" in message
 
 
 @pytest.mark.parametrize(("value", "expected"), [("0", 0), (str(MAX_SEED), MAX_SEED), ("+7", 7)])
 def test_seed_edges_accepted(value, expected):
-    assert parse(f"/imagine fox --seed {value}").seed == expected
+    assert parse(f"/imagine fox --seed {value}").params.seed == expected
 
 
 @pytest.mark.parametrize("value", ["-1", "-3", str(MAX_SEED + 1), "abc", "1.5", "1e3", "9" * 5000])
@@ -332,7 +439,7 @@ def test_long_bad_value_is_shortened_in_the_message():
 
 @pytest.mark.parametrize("value", ["1", "100"])
 def test_steps_edges_accepted(value):
-    assert parse(f"/imagine fox --steps {value}").steps == int(value)
+    assert parse(f"/imagine fox --steps {value}").params.steps == int(value)
 
 
 @pytest.mark.parametrize("value", ["0", "101", "-5", "ten", "2.0"])
@@ -347,7 +454,7 @@ def test_steps_refused(value):
     ("value", "expected"), [("0", 0.0), ("30", 30.0), ("7.5", 7.5), (".5", 0.5), ("12.", 12.0)]
 )
 def test_cfg_accepted(value, expected):
-    assert parse(f"/imagine fox --cfg {value}").cfg == expected
+    assert parse(f"/imagine fox --cfg {value}").params.cfg == expected
 
 
 @pytest.mark.parametrize(
@@ -381,7 +488,7 @@ def test_cfg_with_hundreds_of_digits_is_refused_not_infinite():
     ],
 )
 def test_aspect_accepted(value, expected):
-    assert parse(f"/imagine fox --ar {value}").aspect == expected
+    assert parse(f"/imagine fox --ar {value}").params.aspect == expected
 
 
 @pytest.mark.parametrize(
@@ -399,7 +506,7 @@ def test_aspect_refused(value):
 
 @pytest.mark.parametrize("value", ["1", "4"])
 def test_n_edges_accepted(value):
-    assert parse(f"/imagine fox --n {value}").n == int(value)
+    assert parse(f"/imagine fox --n {value}").params.n == int(value)
 
 
 @pytest.mark.parametrize("value", ["0", "5", "two", "1.0"])
@@ -409,7 +516,7 @@ def test_n_refused(value):
 
 
 def test_model_name_edges():
-    assert parse("/imagine fox --model " + "m" * 200).model == "m" * 200
+    assert parse("/imagine fox --model " + "m" * 200).params.checkpoint == "m" * 200
     message = error_of("/imagine fox --model " + "m" * 201)
     assert "model name" in message and "1 to 200 characters" in message and "201" in message
 
@@ -417,7 +524,7 @@ def test_model_name_edges():
 def test_model_name_with_spaces_becomes_prompt_text():
     # A value is one token, so the rest of a spaced name is read as prompt words.
     request = parse("/imagine fox --model my model")
-    assert request.model == "my" and request.prompt == "fox model"
+    assert request.params.checkpoint == "my" and request.params.prompt == "fox model"
 
 
 def test_unknown_option_lists_the_allowed_ones():
@@ -484,7 +591,8 @@ def test_empty_negative_text_is_refused(text):
 
 def test_vary_defaults():
     assert parse("/vary") == Vary()
-    assert parse("/vary") == Vary(image_id=None, strength=None, seed=None, prompt=None)
+    assert parse("/vary") == Vary(image_id=None, params=Params(kind="img2img"))
+    assert parse("/vary").params.prompt is None  # the source picture's prompt
 
 
 @pytest.mark.parametrize("text", ["/vary 12", "/vary #12", "/VARY@SomeBot #12"])
@@ -494,17 +602,19 @@ def test_vary_with_id(text):
 
 def test_vary_all_options():
     request = parse("/vary #12 --strength 0.6 --seed 9 --prompt a cat's hat, in red")
-    assert request == Vary(image_id=12, strength=0.6, seed=9, prompt="a cat's hat, in red")
+    assert request == Vary(
+        12, Params(kind="img2img", strength=0.6, seed=9, prompt="a cat's hat, in red")
+    )
 
 
 def test_vary_prompt_stops_at_the_next_option():
     request = parse("/vary --prompt a red   fox --strength 1 #3")
-    assert request == Vary(image_id=3, strength=1.0, prompt="a red fox")
+    assert request == Vary(3, Params(kind="img2img", strength=1.0, prompt="a red fox"))
 
 
 @pytest.mark.parametrize(("value", "expected"), [("1", 1.0), ("0.001", 0.001), ("1.0", 1.0)])
 def test_vary_strength_accepted(value, expected):
-    assert parse(f"/vary --strength {value}").strength == expected
+    assert parse(f"/vary --strength {value}").params.strength == expected
 
 
 @pytest.mark.parametrize("value", ["0", "0.0", "-0.5", "1.001", "2", "nan", "inf", "-inf", "x"])
@@ -534,7 +644,7 @@ def test_vary_empty_prompt_is_refused():
 def test_vary_prompt_limit():
     message = error_of("/vary 3 --prompt " + "p" * 1001)
     assert "--prompt" in message and "1001" in message and "limit is 1000" in message
-    assert parse("/vary 3 --prompt " + "p" * 1000).prompt == "p" * 1000
+    assert parse("/vary 3 --prompt " + "p" * 1000).params.prompt == "p" * 1000
 
 
 def test_vary_unknown_option():
@@ -545,7 +655,7 @@ def test_vary_unknown_option():
 
 
 def test_vary_seed_range():
-    assert parse(f"/vary --seed {MAX_SEED}").seed == MAX_SEED
+    assert parse(f"/vary --seed {MAX_SEED}").params.seed == MAX_SEED
     assert "from 0 to 4294967295" in error_of(f"/vary --seed {MAX_SEED + 1}")
 
 
@@ -554,14 +664,15 @@ def test_vary_seed_range():
 
 
 def test_inpaint_defaults():
-    assert parse("/inpaint a red woollen hat") == Inpaint(prompt="a red woollen hat")
+    request = parse("/inpaint a red woollen hat")
+    assert request == Inpaint(Params(kind="inpaint", prompt="a red woollen hat"))
 
 
 def test_inpaint_all_options():
     request = parse("/inpaint a cat's hat --no feathers --seed 1 --steps 100 --cfg 30")
-    assert request == Inpaint(
-        prompt="a cat's hat", negative="feathers", seed=1, steps=100, cfg=30.0
-    )
+    assert request == Inpaint(Params(
+        kind="inpaint", prompt="a cat's hat", negative="feathers", seed=1, steps=100, cfg=30.0
+    ))
 
 
 def test_inpaint_needs_a_prompt():

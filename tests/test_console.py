@@ -10,6 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from engine.params import Params
 from tests.conftest import ROOT, job_row, run_console, write_config
 
 
@@ -26,9 +27,10 @@ def test_imagine_returns_an_image_and_stores_the_job(config):
     assert [r["step"] for r in progress] == list(range(1, 11))
 
     row = job_row(config.parent / "canvas.db", 1)
-    assert (row["prompt"], row["negative_prompt"], row["seed"], row["steps"], row["guidance"],
-            row["aspect_w"], row["aspect_h"], row["width"], row["height"]) == (
-        "a red circle", "blurry", 7, 10, 4.0, 2, 1, 96, 48)
+    asked, resolved = Params.from_json(row["params"]), Params.from_json(row["resolved"])
+    assert (row["prompt"], asked.negative, asked.seed, resolved.steps, resolved.cfg,
+            resolved.aspect, row["width"], row["height"]) == (
+        "a red circle", "blurry", 7, 10, 4.0, (2, 1), 96, 48)
     assert row["status"] == "done" and row["error"] is None
     assert row["queued_at"] <= row["started_at"] <= row["finished_at"] <= row["delivered_at"]
     assert 0 < row["engine_seconds"] < row["finished_at"] - row["queued_at"] + 1
@@ -94,7 +96,7 @@ def test_vary_and_inpaint_and_every_bad_attachment_get_an_answer(tmp_path):
 
     vary_row = job_row(config.parent / "canvas.db", 2)
     assert (vary_row["kind"], vary_row["prompt"], vary_row["source_image_id"],
-            vary_row["strength"]) == ("img2img", "a red circle", 1, 0.5)
+            Params.from_json(vary_row["params"]).strength) == ("img2img", "a red circle", 1, 0.5)
 
 
 def test_help_unknown_commands_and_bad_options_are_answered_politely(config):

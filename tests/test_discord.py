@@ -25,6 +25,7 @@ from bot.cli import build_service
 from bot.config import load_settings
 from bot.service import Service
 from bot.store import JobRow, Store
+from engine.params import Params
 from engine.shapes import checker, draw
 from tests.conftest import LogLines, write_config
 from tests.fake_discord import (
@@ -191,7 +192,7 @@ async def test_imagine_defers_shows_the_queue_and_posts_the_picture(world: World
     assert embed["title"] == "a red circle on a blue background"
     fields = {f["name"]: f["value"] for f in embed["fields"]}
     assert fields == {"Seed": "1234", "Image": f"#{image['id']}",
-                      "Model": image["model_version"]}
+                      "Model": image["version"]}
     assert result.custom_ids == [f"mc:vary:{image['id']}", f"mc:reroll:{image['id']}"] + [
         f"mc:rate:{image['id']}:{score}" for score in range(1, 6)]
 
@@ -207,7 +208,7 @@ async def test_the_posted_picture_matches_the_prompt(world: World):
 async def test_model_option_autocompletes_the_running_model(world: World):
     typed = await world.fake.autocomplete("imagine", ALICE, "model", "sha")
     await world.fake.wait_for(lambda: typed.callback)
-    name = world.service.model_name
+    name = world.service.checkpoint
     assert typed.callback == {"type": 8, "data": {"choices": [{"name": name, "value": name}]}}
 
 
@@ -228,7 +229,7 @@ async def test_progress_edits_are_throttled_to_the_latest_value(world: World):
     asked = await world.fake.slash("help", ALICE)
     await world.answer(asked)
     blank = {name: None for name in JobRow.__dataclass_fields__}
-    row = replace(JobRow(**blank), id=999, prompt="a slow red circle", origin={
+    row = replace(JobRow(**blank), id=999, params=Params(prompt="a slow red circle"), origin={
         "application_id": str(APPLICATION_ID), "token": asked.token,
         "message_id": str(asked.original.id), "created_at": asked.created_at})
     before = len(asked.original.edits)
@@ -262,7 +263,8 @@ async def test_vary_reroll_and_rating_buttons_work_for_anyone(world: World):
     [vary_job] = world.db("SELECT * FROM jobs WHERE origin LIKE ?", f"%{varied.id}%")
     assert vary_job["kind"] == "img2img" and vary_job["source_image_id"] == image_id
     [reroll_job] = world.db("SELECT * FROM jobs WHERE origin LIKE ?", f"%{rerolled.id}%")
-    assert reroll_job["prompt"] == source["prompt"] and reroll_job["seed"] != source["seed"]
+    seeds = [Params.from_json(job["params"]).seed for job in (reroll_job, source)]
+    assert reroll_job["prompt"] == source["prompt"] and seeds[0] != seeds[1]
     assert reroll_result.embeds[0]["title"] == source["prompt"]
     assert picture(vary_result).size == picture(reroll_result).size == (256, 256)
 
@@ -309,7 +311,7 @@ async def test_inpaint_with_a_mask_and_with_a_transparent_png(world: World):
         result = await world.result(asked)
         assert picture(result).size == (256, 256)
         [job] = world.db("SELECT * FROM jobs WHERE origin LIKE ?", f"%{asked.id}%")
-        assert job["kind"] == "inpaint" and job["mask_path"].endswith(".png")
+        assert job["kind"] == "inpaint" and Params.from_json(job["params"]).mask.endswith(".png")
 
 
 @pytest.mark.parametrize("case", ["not an image", "too many bytes", "too many pixels",
@@ -467,23 +469,56 @@ async def test_retraining_news_is_posted_in_the_admins_channel(world: World):
                                                      version="base"))
     assert "Now using base" in back.content
 
-# ---- typed options (bot/commands.py) ---------------------------------------------------------
+# ---- typed options (bot/commands/) and the slash commands made from the table -----------------
 
 
 async def test_typed_options_are_checked_like_the_text_syntax():
-    request = cmd.imagine_from_options(" a  red\tcircle ", negative="blue", seed=3, steps=9,
-                                       cfg=7.5, aspect="32:18", n=2, model=" base ")
-    assert request == cmd.Imagine("a red circle", "blue", 3, 9, 7.5, (16, 9), 2, "base")
-    assert cmd.vary_from_options("#12", strength=0.5, prompt="  ") == cmd.Vary(12, 0.5)
-    assert cmd.rate_from_options(" 7 ", 5) == cmd.Rate(7, 5)
-    assert cmd.inpaint_from_options("a hat", steps=4) == cmd.Inpaint("a hat", steps=4)
-    for bad, words in [
-        (lambda: cmd.imagine_from_options("x" * 11, max_prompt_chars=10), "the limit is 10"),
-        (lambda: cmd.imagine_from_options("a", steps=0), "from 1 to 100"),
-        (lambda: cmd.imagine_from_options("a", cfg=float("inf")), "CFG scale"),
-        (lambda: cmd.imagine_from_options("a", aspect="9:1"), "aspect ratio"),
-        (lambda: cmd.vary_from_options(strength=1.5), "above 0 and at most 1"),
-        (lambda: cmd.rate_from_options("1", 6), "score must be"),
+    request = cmd.parse_typed("imagine", {
+        "prompt": " a  red\tcircle ", "negative": "blue", "seed": 3, "steps": 9, "cfg": 7.5,
+        "aspect": "32:18", "n": 2, "model": " base "})
+    assert request == cmd.Imagine(Params(prompt="a red circle", negative="blue", seed=3, steps=9,
+                                         cfg=7.5, aspect=(16, 9), n=2, checkpoint="base"))
+    assert cmd.parse_typed("vary", {"id": "#12", "strength": 0.5, "prompt": "  "}) == cmd.Vary(
+        12, Params(kind="img2img", strength=0.5))
+    assert cmd.parse_typed("rate", {"image": " 7 ", "score": 5}) == cmd.Rate(7, 5)
+    assert cmd.parse_typed("inpaint", {"prompt": "a hat", "steps": 4}) == cmd.Inpaint(
+        Params(kind="inpaint", prompt="a hat", steps=4))
+    for command, values, words in [
+        ("imagine", {"prompt": "x" * 11}, "the limit is 10"),
+        ("imagine", {"prompt": "a", "steps": 0}, "from 1 to 100"),
+        ("imagine", {"prompt": "a", "cfg": float("inf")}, "CFG scale"),
+        ("imagine", {"prompt": "a", "aspect": "9:1"}, "aspect ratio"),
+        ("vary", {"strength": 1.5}, "above 0 and at most 1"),
+        ("rate", {"image": "1", "score": 6}, "score must be"),
     ]:
         with pytest.raises(cmd.CommandError, match=words):
-            bad()
+            cmd.parse_typed(command, values, max_prompt_chars=10)
+
+
+async def test_blank_typed_text_is_not_given_and_attachments_are_the_adapters():
+    request = cmd.parse_typed("imagine", {"prompt": "a fox", "negative": " \x00 ", "model": " "})
+    assert request == cmd.Imagine(Params(prompt="a fox"))
+    assert request.params.negative is None and request.params.checkpoint is None
+    assert cmd.parse_typed("vary", {"image": object(), "id": None, "prompt": " "}) == cmd.Vary()
+    with pytest.raises(TypeError, match="no option 'colour'"):
+        cmd.parse_typed("imagine", {"prompt": "a fox", "colour": "red"})
+
+
+async def test_every_table_option_is_a_slash_command_option_with_its_description(world: World):
+    for name, command in cmd.TABLE.items():
+        registered = world.fake.commands[name]
+        assert registered["description"] == cmd.COMMANDS[name] == command.summary
+        options = {o["name"]: o for o in registered.get("options", [])}
+        assert list(options) == [o.name for o in sorted(command.options,
+                                                         key=lambda o: not o.required)]
+        for option in command.options:
+            field = options[option.name]
+            assert field["description"] == option.description and len(field["description"]) <= 100
+            assert field.get("required", False) == option.required
+            assert field["type"] == {"int": 4, "float": 10, "str": 3, "file": 11}[
+                option.kind.field_type]
+            if option.kind.bounds and not option.offered:
+                assert (field["min_value"], field["max_value"]) == option.kind.bounds
+            assert [(c["name"], c["value"]) for c in field.get("choices", [])] == list(
+                option.offered)
+            assert field.get("autocomplete", False) == bool(option.complete)

@@ -13,6 +13,8 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from engine import protocol, worker
+from engine.blobs import LocalBlobs
+from engine.params import Params
 from engine.pipelines import fit_size, load
 from engine.shapes import MODEL_DIR
 from engine.worker import Engine
@@ -24,13 +26,15 @@ def pipelines():
 
 
 class Harness:
-    """An Engine fed from a list, recording what it sends; `on_send` may react mid-run."""
+    """An Engine fed from a list, recording what it sends; `on_send` may react mid-run. Its
+    pictures, in and out, live in a blob store in `folder`."""
 
-    def __init__(self, pipelines, images: Path, max_batch: int) -> None:
+    def __init__(self, pipelines, folder: Path, max_batch: int) -> None:
         self.sent: list[protocol.FromEngine] = []
         self.inbox: queue.Queue = queue.Queue()
         self.on_send = lambda message: None
-        self.engine = Engine(pipelines, images, max_batch, self._send, self.inbox)
+        self.blobs = LocalBlobs(folder)
+        self.engine = Engine(pipelines, self.blobs, max_batch, self._send, self.inbox)
 
     def _send(self, message: protocol.FromEngine) -> None:
         self.sent.append(message)
@@ -43,15 +47,21 @@ class Harness:
     def of_type(self, kind: type) -> list:
         return [m for m in self.sent if isinstance(m, kind)]
 
+    def open(self, image: protocol.ImageBlob) -> Image.Image:
+        return Image.open(self.blobs.path(image.blob))
 
-def pixels(path: str) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+    def pixels(self, image: protocol.ImageBlob) -> np.ndarray:
+        return np.asarray(self.open(image).convert("RGB")).astype(int)
+
+
+def job(job_id: int, kind: str, prompt: str, **given) -> protocol.Job:
+    return protocol.Job(job_id, Params(kind=kind, prompt=prompt, **given))
 
 
 def test_engine_image_equals_a_direct_diffusers_call(pipelines, tmp_path):
-    job = protocol.Job(1, "txt2img", "a red circle on a blue background", seed=1234, steps=12,
-                       guidance=4.5, negative_prompt="green", aspect=(1, 1))
-    result = Harness(pipelines, tmp_path, max_batch=4).run(job)[1]
+    harness = Harness(pipelines, tmp_path, max_batch=4)
+    result = harness.run(job(1, "txt2img", "a red circle on a blue background", seed=1234,
+                             steps=12, cfg=4.5, negative="green", aspect=(1, 1)))[1]
 
     direct = StableDiffusionPipeline.from_pretrained(MODEL_DIR)
     direct.set_progress_bar_config(disable=True)
@@ -59,36 +69,37 @@ def test_engine_image_equals_a_direct_diffusers_call(pipelines, tmp_path):
                       num_inference_steps=12, guidance_scale=4.5, width=64, height=64,
                       generator=torch.Generator("cpu").manual_seed(1234)).images[0]
     assert (result.images[0].width, result.images[0].height) == (64, 64)
-    assert np.array_equal(pixels(result.images[0].path), np.asarray(expected).astype(int))
+    assert np.array_equal(harness.pixels(result.images[0]), np.asarray(expected).astype(int))
 
 
 def test_batched_jobs_match_the_same_jobs_run_one_by_one(pipelines, tmp_path):
     jobs = [
-        protocol.Job(1, "txt2img", "a red circle", seed=1, steps=8),
-        protocol.Job(2, "txt2img", "a blue square on a yellow background", seed=2, steps=8,
-                     negative_prompt="red"),
-        protocol.Job(3, "txt2img", "a green triangle", seed=3, steps=8, n=2),
+        job(1, "txt2img", "a red circle", seed=1, steps=8),
+        job(2, "txt2img", "a blue square on a yellow background", seed=2, steps=8,
+            negative="red"),
+        job(3, "txt2img", "a green triangle", seed=3, steps=8, n=2),
     ]
     batched = Harness(pipelines, tmp_path / "batched", max_batch=4)
     together = batched.run(*jobs)
-    alone = Harness(pipelines, tmp_path / "alone", max_batch=1).run(*jobs)
+    one_by_one = Harness(pipelines, tmp_path / "alone", max_batch=1)
+    alone = one_by_one.run(*jobs)
 
     assert {m.batch_size for m in batched.of_type(protocol.Started)} == {4}
-    for job in jobs:
-        assert len(together[job.job_id].images) == job.n
-        for a, b in zip(together[job.job_id].images, alone[job.job_id].images, strict=True):
+    for each in jobs:
+        assert len(together[each.job_id].images) == (each.params.n or 1)
+        for a, b in zip(together[each.job_id].images, alone[each.job_id].images, strict=True):
             assert a.seed == b.seed
-            assert np.abs(pixels(a.path) - pixels(b.path)).max() <= 1
+            assert np.abs(batched.pixels(a) - one_by_one.pixels(b)).max() <= 1
     # Different seeds really give different pictures (the comparison above is not vacuous).
     first, second = together[3].images
-    assert not np.array_equal(pixels(first.path), pixels(second.path))
+    assert not np.array_equal(batched.pixels(first), batched.pixels(second))
 
 
 def test_only_compatible_jobs_share_a_batch(pipelines, tmp_path):
     harness = Harness(pipelines, tmp_path, max_batch=4)
-    harness.run(protocol.Job(1, "txt2img", "a red circle", seed=1, steps=4),
-                protocol.Job(2, "txt2img", "a red circle", seed=1, steps=6),
-                protocol.Job(3, "txt2img", "a red circle", seed=1, steps=4, aspect=(2, 1)))
+    harness.run(job(1, "txt2img", "a red circle", seed=1, steps=4),
+                job(2, "txt2img", "a red circle", seed=1, steps=6),
+                job(3, "txt2img", "a red circle", seed=1, steps=4, aspect=(2, 1)))
     assert [m.batch_size for m in harness.of_type(protocol.Started)] == [1, 1, 1]
 
 
@@ -100,18 +111,18 @@ def test_cancel_stops_a_running_job_between_steps(pipelines, tmp_path):
             harness.inbox.put(protocol.Cancel(1))
 
     harness.on_send = cancel_after_two_steps
-    results = harness.run(protocol.Job(1, "txt2img", "a red circle", seed=1, steps=50))
+    results = harness.run(job(1, "txt2img", "a red circle", seed=1, steps=50))
     assert results == {}
     failed = harness.of_type(protocol.Failed)
     assert [(f.job_id, f.kind) for f in failed] == [(1, "cancelled")]
     steps = [m.step for m in harness.of_type(protocol.Progress)]
     assert max(steps) < 10  # stopped within a step or so, not after all 50
-    assert not list(tmp_path.glob("out/*.png"))
+    assert not list(tmp_path.rglob("*.png"))  # no picture was kept
 
 
 def test_a_job_for_another_model_is_refused_as_a_bad_request(pipelines, tmp_path):
     harness = Harness(pipelines, tmp_path, max_batch=4)
-    harness.run(protocol.Job(1, "txt2img", "a red circle", seed=1, model="sdxl-turbo"))
+    harness.run(job(1, "txt2img", "a red circle", seed=1, checkpoint="sdxl-turbo"))
     [failed] = harness.of_type(protocol.Failed)
     assert failed.kind == "bad_request" and "sdxl-turbo" in failed.error
 
@@ -121,15 +132,17 @@ def test_img2img_and_inpaint_keep_the_source_aspect(pipelines, tmp_path):
     Image.new("RGB", (200, 100), "red").save(source)
     mask = tmp_path / "mask.png"
     Image.new("L", (200, 100), 255).save(mask)
-    results = Harness(pipelines, tmp_path, max_batch=4).run(
-        protocol.Job(1, "img2img", "a red circle", seed=1, steps=10, init_image=str(source)),
-        protocol.Job(2, "inpaint", "a blue square", seed=1, steps=10, init_image=str(source),
-                     mask_image=str(mask)),
+    harness = Harness(pipelines, tmp_path / "blobs", max_batch=4)
+    source_key = harness.blobs.put(source.read_bytes(), ".png")
+    mask_key = harness.blobs.put(mask.read_bytes(), ".png")
+    results = harness.run(
+        job(1, "img2img", "a red circle", seed=1, steps=10, image=source_key),
+        job(2, "inpaint", "a blue square", seed=1, steps=10, image=source_key, mask=mask_key),
     )
     for job_id in (1, 2):
         image = results[job_id].images[0]
         assert (image.width, image.height) == (96, 48)
-        assert Image.open(image.path).size == (96, 48)
+        assert harness.open(image).size == (96, 48)
 
 
 @pytest.mark.parametrize(("aspect", "size"), [((1, 1), (64, 64)), ((16, 9), (80, 48)),
@@ -150,19 +163,19 @@ def test_out_of_memory_splits_the_batch_makes_every_image_and_lowers_the_batch(p
         return real_generate(batch)
 
     harness.engine.generate = small_device
-    jobs = [protocol.Job(i, "txt2img", "a red circle", seed=i, steps=3) for i in (1, 2, 3)]
+    jobs = [job(i, "txt2img", "a red circle", seed=i, steps=3) for i in (1, 2, 3)]
     results = harness.run(*jobs)
     assert sorted(results) == [1, 2, 3] and not harness.of_type(protocol.Failed)
     assert tried == [3, 1, 2, 1, 1]  # 3 -> 1 + 2 -> 1 + 1 + 1
     # Learnt: text-to-image batches stay at 1 (half of the 3 that ran out) from now on.
     tried.clear()
-    results = harness.run(*[protocol.Job(i, "txt2img", "a red circle", seed=i, steps=3)
+    results = harness.run(*[job(i, "txt2img", "a red circle", seed=i, steps=3)
                             for i in (5, 6)])
     assert tried == [1, 1] and {5, 6} <= set(results)
 
     harness.engine.generate = lambda batch: (_ for _ in ()).throw(
         torch.OutOfMemoryError("CUDA out of memory (simulated)"))
-    harness.run(protocol.Job(4, "txt2img", "a red circle", seed=4, steps=3))
+    harness.run(job(4, "txt2img", "a red circle", seed=4, steps=3))
     [failed] = harness.of_type(protocol.Failed)
     assert failed.job_id == 4 and "does not fit in the device's memory" in failed.error
 
@@ -182,7 +195,7 @@ class PassingPressure:
 
 
 def jobs(*ids: int) -> list[protocol.Job]:
-    return [protocol.Job(i, "txt2img", "a red circle", seed=i, steps=2) for i in ids]
+    return [job(i, "txt2img", "a red circle", seed=i, steps=2) for i in ids]
 
 
 def test_a_lowered_batch_limit_grows_back_once_batches_fit_again(pipelines, tmp_path,
@@ -208,10 +221,10 @@ def test_a_batch_limit_lowered_during_training_is_lifted_when_training_ends(pipe
     harness.run(*jobs(1, 2))
     assert device.tried == [2, 1, 1]
     device.pressure = False
-    example = harness.sent[-1].images[0].path
+    example = harness.sent[-1].images[0].blob
     harness.engine.start_training(protocol.Train(
         1, "v1", (), (protocol.TrainExample(example, "a red circle", 5.0),) * 4, steps=2,
-        rank=2, out_dir=str(tmp_path / "v1")))
+        rank=2))
     while harness.engine.trainer is not None:
         harness.engine.train_slice()
     assert harness.of_type(protocol.TrainDone)
@@ -236,10 +249,10 @@ def test_a_job_that_cannot_be_planned_mid_batch_is_answered_and_the_batch_goes_o
     def on_send(message):  # job 2 arrives while job 1's batch runs
         if isinstance(message, protocol.Progress) and not sent_second:
             sent_second.append(True)
-            harness.inbox.put(protocol.Job(2, "txt2img", "a blue square", seed=2, steps=2))
+            harness.inbox.put(job(2, "txt2img", "a blue square", seed=2, steps=2))
 
     harness.on_send = on_send
-    results = harness.run(protocol.Job(1, "txt2img", "a red circle", seed=1, steps=4))
+    results = harness.run(job(1, "txt2img", "a red circle", seed=1, steps=4))
     assert list(results) == [1]
     [failed] = harness.of_type(protocol.Failed)
     assert failed.job_id == 2 and "could not take this job" in failed.error
@@ -247,13 +260,13 @@ def test_a_job_that_cannot_be_planned_mid_batch_is_answered_and_the_batch_goes_o
 
 def test_an_unwritable_images_folder_fails_the_job_clearly_and_the_engine_goes_on(
         pipelines, tmp_path):
-    (tmp_path / "out").write_text("a file where the output folder should be")
-    harness = Harness(pipelines, tmp_path, max_batch=4)
-    harness.run(protocol.Job(1, "txt2img", "a red circle", seed=1, steps=3, n=2))
+    (tmp_path / "blobs").write_text("a file where the blob store's folder should be")
+    harness = Harness(pipelines, tmp_path / "blobs", max_batch=4)
+    harness.run(job(1, "txt2img", "a red circle", seed=1, steps=3, n=2))
     [failed] = harness.of_type(protocol.Failed)
     assert failed.job_id == 1 and "could not be saved" in failed.error
-    (tmp_path / "out").unlink()
-    assert 2 in harness.run(protocol.Job(2, "txt2img", "a blue circle", seed=2, steps=3))
+    (tmp_path / "blobs").unlink()
+    assert 2 in harness.run(job(2, "txt2img", "a blue circle", seed=2, steps=3))
 
 
 class FlagFirstImage:
@@ -276,8 +289,8 @@ def test_an_image_the_models_safety_checker_flags_is_refused_with_a_reason(pipel
     pipelines.text2img = FlagFirstImage(real)
     try:
         harness = Harness(pipelines, tmp_path, max_batch=4)
-        results = harness.run(protocol.Job(1, "txt2img", "a red circle", seed=1, steps=3),
-                              protocol.Job(2, "txt2img", "a blue circle", seed=2, steps=3))
+        results = harness.run(job(1, "txt2img", "a red circle", seed=1, steps=3),
+                              job(2, "txt2img", "a blue circle", seed=2, steps=3))
     finally:
         pipelines.text2img = real
     [failed] = harness.of_type(protocol.Failed)

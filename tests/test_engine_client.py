@@ -11,11 +11,19 @@ import pytest
 
 from engine import client as engine_client
 from engine import protocol
-from engine.client import EngineClient, EngineError, EngineExited, EngineOptions
+from engine.client import (
+    EngineError,
+    EngineExited,
+    EngineHandle,
+    EngineOptions,
+    SubprocessTransport,
+)
 
 
-def options(tmp_path) -> EngineOptions:
-    return EngineOptions("bundled:shapes", "cpu", "auto", 1, tmp_path)
+def handle(tmp_path) -> EngineHandle:
+    """The bundled model's engine process, its blob store in `tmp_path`."""
+    return EngineHandle(SubprocessTransport(
+        EngineOptions("bundled:shapes", "cpu", "auto", 1, tmp_path)))
 
 
 async def test_an_engine_that_says_it_is_loading_may_take_longer_than_the_silence_limit(
@@ -24,10 +32,10 @@ async def test_an_engine_that_says_it_is_loading_may_take_longer_than_the_silenc
     "still loading" messages keep the start going (a first download takes minutes)."""
     monkeypatch.setenv("CANVAS_LOADING_HEARTBEAT", "0.2")
     monkeypatch.setattr(engine_client, "START_SILENCE", 2.0)
-    client = EngineClient(options(tmp_path))
+    client = handle(tmp_path)
     try:
         ready = await client.start()
-        assert ready.model == "bundled:shapes"
+        assert ready.checkpoint == "bundled:shapes"
     finally:
         await client.stop()
 
@@ -35,10 +43,11 @@ async def test_an_engine_that_says_it_is_loading_may_take_longer_than_the_silenc
 async def test_an_engine_silent_while_loading_is_stopped_and_reported(tmp_path, monkeypatch):
     monkeypatch.setenv("CANVAS_LOADING_HEARTBEAT", "600")
     monkeypatch.setattr(engine_client, "START_SILENCE", 0.5)
-    client = EngineClient(options(tmp_path))
+    client = handle(tmp_path)
     with pytest.raises(EngineError, match="said nothing for 0 s while loading bundled:shapes"):
         await client.start()
-    assert client._process.returncode is not None  # not left loading in the background
+    # not left loading in the background
+    assert client.transport.process.returncode is not None
 
 
 async def test_a_line_that_is_not_a_message_is_skipped_and_reading_goes_on(tmp_path):
@@ -48,8 +57,8 @@ async def test_a_line_that_is_not_a_message_is_skipped_and_reading_goes_on(tmp_p
         for line in {lines!r}:
             print(line, flush=True)
     """)
-    client = EngineClient(options(tmp_path))
-    client._process = await asyncio.create_subprocess_exec(
+    client = handle(tmp_path)
+    client.transport.process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE)
     await asyncio.wait_for(client._read_loop(), 30)
     events = [client.events.get_nowait() for _ in range(client.events.qsize())]

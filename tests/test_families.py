@@ -20,9 +20,11 @@ from PIL import Image
 from transformers import T5EncoderModel
 
 from engine import protocol
+from engine.blobs import LocalBlobs
 from engine.families import RANDOM_MODELS, OtherFamily, build_random, family_of
 from engine.families.parts import clip_tokenizer, tiny_t5, vae
 from engine.lora import Adapters, LoraTrainer
+from engine.params import Params
 from engine.pipelines import absent_components, fit_size, load
 from engine.worker import Engine
 
@@ -36,9 +38,18 @@ TINY = {  # spec: (family, denoiser class)
 }
 
 
-def run(pipes, folder: Path, *jobs: protocol.Job) -> list:
+def job(job_id: int, kind: str, prompt: str, **given) -> protocol.Job:
+    return protocol.Job(job_id, Params(kind=kind, prompt=prompt, **given))
+
+
+def picture(blobs: LocalBlobs, path: Path) -> str:
+    """A picture saved at `path`, put in the blob store: its key."""
+    return blobs.put(path.read_bytes(), ".png")
+
+
+def run(pipes, blobs: LocalBlobs, *jobs: protocol.Job) -> list:
     sent: list = []
-    Engine(pipes, folder, 4, sent.append, queue.Queue()).run_all(list(jobs))
+    Engine(pipes, blobs, 4, sent.append, queue.Queue()).run_all(list(jobs))
     outcomes = [m for m in sent if isinstance(m, protocol.Result | protocol.Failed)]
     return sorted(outcomes, key=lambda m: m.job_id)
 
@@ -54,15 +65,16 @@ def test_each_tiny_family_is_recognised_and_makes_every_kind_of_image(spec, tmp_
     mask = Image.new("L", (40, 40), 0)
     mask.paste(255, (10, 10, 30, 30))
     mask.save(tmp_path / "mask.png")
+    blobs = LocalBlobs(tmp_path / "blobs")
+    source, hole = picture(blobs, tmp_path / "in.png"), picture(blobs, tmp_path / "mask.png")
     common = dict(prompt="a red circle", seed=3, steps=2)
-    outcomes = run(pipes, tmp_path,
-                   protocol.Job(1, "txt2img", aspect=(2, 1), **common),
-                   protocol.Job(2, "img2img", init_image=str(tmp_path / "in.png"), **common),
-                   protocol.Job(3, "inpaint", init_image=str(tmp_path / "in.png"),
-                                mask_image=str(tmp_path / "mask.png"), **common),
-                   protocol.Job(4, "txt2img", negative_prompt="blue", guidance=3.0, **common))
+    outcomes = run(pipes, blobs,
+                   job(1, "txt2img", aspect=(2, 1), **common),
+                   job(2, "img2img", image=source, **common),
+                   job(3, "inpaint", image=source, mask=hole, **common),
+                   job(4, "txt2img", negative="blue", cfg=3.0, **common))
     assert [type(m).__name__ for m in outcomes] == ["Result"] * 4, outcomes
-    wide = Image.open(outcomes[0].images[0].path)
+    wide = Image.open(blobs.path(outcomes[0].images[0].blob))
     assert wide.size == fit_size((2, 1), pipes.settings) and wide.width > wide.height
 
 
@@ -140,11 +152,12 @@ def test_flow_matching_models_learn_noise_minus_data(spec, timestep_scale):
 
 def train(pipes, folder: Path, steps: int = 3) -> LoraTrainer:
     Image.new("RGB", (32, 32), "purple").save(folder / "example.png")
-    examples = tuple(protocol.TrainExample(str(folder / "example.png"), "a purple circle", 5.0)
-                     for _ in range(2))
-    adapters = Adapters(pipes.family.denoiser)
+    blobs = LocalBlobs(folder / "blobs")
+    example = picture(blobs, folder / "example.png")
+    examples = tuple(protocol.TrainExample(example, "a purple circle", 5.0) for _ in range(2))
+    adapters = Adapters(pipes.family.denoiser, blobs)
     trainer = LoraTrainer(pipes, adapters, protocol.Train(
-        1, "v1", (), examples, steps=steps, rank=4, out_dir=str(folder / "v1")))
+        1, "v1", (), examples, steps=steps, rank=4))
     while not trainer.done:
         trainer.run_slice(5)
     return trainer
@@ -153,12 +166,13 @@ def train(pipes, folder: Path, steps: int = 3) -> LoraTrainer:
 @pytest.mark.parametrize("spec", [*TINY, "bundled:shapes", "bundled:shapes-sd3"])
 def test_a_lora_trains_on_every_family_and_changes_its_images(spec, tmp_path):
     pipes = load(spec, "cpu")
-    job = protocol.Job(1, "txt2img", "a purple circle", seed=5, steps=2)
-    before = Image.open(run(pipes, tmp_path, job)[0].images[0].path).tobytes()
+    blobs = LocalBlobs(tmp_path / "blobs")
+    purple = job(1, "txt2img", "a purple circle", seed=5, steps=2)
+    before = Image.open(blobs.path(run(pipes, blobs, purple)[0].images[0].blob)).tobytes()
     trainer = train(pipes, tmp_path, steps=4)
-    trainer.adapters.use("v1", (protocol.Adapter("v1", str(trainer.save())),))
+    trainer.adapters.use("v1", (protocol.Adapter("v1", trainer.save()),))
     trainer.adapters.for_generation()
-    after = Image.open(run(pipes, tmp_path, job)[0].images[0].path).tobytes()
+    after = Image.open(blobs.path(run(pipes, blobs, purple)[0].images[0].blob)).tobytes()
     assert torch.isfinite(torch.tensor(trainer.loss))
     assert before != after
 
@@ -199,15 +213,16 @@ def test_a_pipeline_no_family_knows_still_generates_and_says_what_it_cannot_do(t
     assert isinstance(pipes.family, OtherFamily)
     assert pipes.img2img is None and pipes.inpaint is None
     Image.new("RGB", (32, 32), "red").save(tmp_path / "in.png")
-    made, vary = run(pipes, tmp_path,
-                     protocol.Job(1, "txt2img", "a red circle", seed=1, steps=2),
-                     protocol.Job(2, "img2img", "a red circle", seed=1, steps=2,
-                                  init_image=str(tmp_path / "in.png")))
+    blobs = LocalBlobs(tmp_path / "blobs")
+    made, vary = run(pipes, blobs,
+                     job(1, "txt2img", "a red circle", seed=1, steps=2),
+                     job(2, "img2img", "a red circle", seed=1, steps=2,
+                         image=picture(blobs, tmp_path / "in.png")))
     assert isinstance(made, protocol.Result)
     assert vary.kind == "bad_request" and "cannot do /vary" in vary.error
     sent: list = []
-    engine = Engine(pipes, tmp_path, 4, sent.append, queue.Queue())
-    engine.start_training(protocol.Train(1, "v1", (), (), 3, 4, str(tmp_path / "v1")))
+    engine = Engine(pipes, blobs, 4, sent.append, queue.Queue())
+    engine.start_training(protocol.Train(1, "v1", (), (), 3, 4))
     [refused] = sent
     assert isinstance(refused, protocol.TrainFailed)
     assert "/retrain is not supported for PixArtAlphaPipeline" in refused.error

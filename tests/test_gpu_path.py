@@ -12,7 +12,9 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from engine import protocol
 from engine.batch_size import AUTO_CAP, choose
+from engine.blobs import LocalBlobs
 from engine.families import build_random
+from engine.params import Params
 from engine.pipelines import load, pick_dtype
 from engine.worker import Engine
 
@@ -57,8 +59,8 @@ def test_a_batch_sized_from_the_gpus_memory_runs_at_512(sd15, tmp_path):
     batch = choose(sd15, 0)
     assert 1 <= batch <= AUTO_CAP
     sent: list[protocol.FromEngine] = []
-    engine = Engine(sd15, tmp_path, batch, sent.append, queue.Queue())
-    engine.run_all([protocol.Job(i, "txt2img", "a lighthouse", seed=i, steps=2)
+    engine = Engine(sd15, LocalBlobs(tmp_path), batch, sent.append, queue.Queue())
+    engine.run_all([protocol.Job(i, Params(prompt="a lighthouse", seed=i, steps=2))
                     for i in range(batch)])
     results = [m for m in sent if isinstance(m, protocol.Result)]
     started = [m for m in sent if isinstance(m, protocol.Started)]

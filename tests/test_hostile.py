@@ -42,6 +42,8 @@ from bot.adapters.telegram import TelegramAdapter
 from bot.config import Settings, load_settings
 from bot.service import Service
 from bot.store import Store
+from engine.blobs import LocalBlobs
+from engine.params import Params
 from tests import fake_telegram as tg
 from tests import hostile
 from tests.conftest import fast_telegram_adapter, run_console, running_bot, write_config
@@ -76,14 +78,17 @@ def assert_consistent(db: Path, images: Path, jobs: int) -> None:
     assert not _rows(db, "PRAGMA foreign_key_check")
     statuses = [r["status"] for r in _rows(db, "SELECT status FROM jobs")]
     assert statuses == ["done"] * jobs, statuses
+    blobs = LocalBlobs(images / "blobs")
+    kept = set()
     for job in _rows(db, "SELECT * FROM jobs"):
-        files = _rows(db, "SELECT path FROM images WHERE job_id = ?", job["id"])
-        assert len(files) == job["n"] and job["delivered_at"] is not None
-        assert all(Path(f["path"]).is_file() for f in files)
-    kept = {Path(p) for r in _rows(db, "SELECT init_path, mask_path FROM jobs")
-            for p in r if p and "uploads" in p}
-    uploads = images / "uploads"
-    on_disk = set(uploads.iterdir()) if uploads.exists() else set()
+        files = [f["blob"] for f in _rows(db, "SELECT blob FROM images WHERE job_id = ?",
+                                          job["id"])]
+        assert len(files) == Params.from_json(job["resolved"]).n
+        assert job["delivered_at"] is not None
+        assert all(blobs.path(key).is_file() for key in files)
+        params = Params.from_json(job["params"])
+        kept |= {*files, *filter(None, (params.image, params.mask))}
+    on_disk = {path.name for path in blobs.root.glob("*/*")} if blobs.root.exists() else set()
     assert on_disk == kept  # refused files leave nothing behind
 
 
@@ -96,11 +101,12 @@ async def settled(db: Path, timeout: float = 30) -> None:
     raise AssertionError("some jobs were never delivered")
 
 
-def assert_normalised(item: hostile.Upload, job: sqlite3.Row) -> None:
+def assert_normalised(item: hostile.Upload, job: sqlite3.Row, images: Path) -> None:
     assert item.check is not None
-    with Image.open(job["init_path"]) as picture:
-        if job["mask_path"]:
-            with Image.open(job["mask_path"]) as mask:
+    blobs, params = LocalBlobs(images / "blobs"), Params.from_json(job["params"])
+    with Image.open(blobs.path(params.image)) as picture:
+        if params.mask:
+            with Image.open(blobs.path(params.mask)) as mask:
                 item.check(picture.copy(), mask.copy())
         else:
             item.check(picture.copy(), None)
@@ -153,7 +159,7 @@ def test_the_console_answers_every_hostile_line_and_goes_on(tmp_path: Path) -> N
             assert Path(image["path"]).is_file() and run.failure(reply["job"]) is None
             [job] = _rows(db, "SELECT * FROM jobs WHERE id = ?", reply["job"])
             if isinstance(item, hostile.Upload):
-                assert_normalised(item, job)
+                assert_normalised(item, job, tmp_path / "images")
             else:
                 assert job["prompt"] == item.stored, item.name
         else:
@@ -245,7 +251,7 @@ async def test_telegram_answers_every_hostile_message_and_goes_on(telegram: Tele
         if item.accepted:
             job = job_of_image(db, await telegram.image(message))
             if isinstance(item, hostile.Upload):
-                assert_normalised(item, job)
+                assert_normalised(item, job, telegram.settings.storage.images)
             else:
                 assert job["prompt"] == item.stored, item.name
         else:
@@ -338,7 +344,7 @@ async def test_discord_answers_every_hostile_interaction_and_goes_on(discord: Di
         if accepted:
             job = job_of_image(db, await discord.image(interaction))
             if isinstance(item, hostile.Upload):
-                assert_normalised(item, job)
+                assert_normalised(item, job, discord.settings.storage.images)
             else:
                 assert job["prompt"] == stored, item.name
         else:

@@ -11,11 +11,13 @@ from PIL import Image
 
 from bot import learning
 from bot.learning import MIN_EXAMPLES
+from bot.store import ImageRow
+from tests.conftest import engine_process
 from tests.test_service import ALICE, BOB, Bot
 
 
-def pixels(path: str) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+def pixels(bot: Bot, image: ImageRow) -> np.ndarray:
+    return np.asarray(Image.open(bot.service.image_file(image)).convert("RGB")).astype(int)
 
 
 async def make_rated_images(bot: Bot, count: int, score: int = 5) -> list[int]:
@@ -51,7 +53,7 @@ async def test_retrain_makes_an_active_version_and_model_use_rolls_back(tmp_path
     async with Bot(tmp_path, max_waiting_per_user=10) as bot:
         await make_rated_images(bot, 4)
         before = await image_of(bot, "/imagine a circle --seed 99 --steps 6")
-        assert before.model_version == "base"
+        assert before.version == "base"
 
         started = await bot.say(bot.console, "/retrain --steps 12 --rank 2")
         assert "Retraining started: v1, from base, on 4 images (4 ratings), 12 steps" \
@@ -65,26 +67,26 @@ async def test_retrain_makes_an_active_version_and_model_use_rolls_back(tmp_path
         assert listing.strip().endswith("← active")
 
         after = await image_of(bot, "/imagine a circle --seed 99 --steps 6")
-        assert after.model_version == "v1"
-        assert np.abs(pixels(after.path) - pixels(before.path)).max() > 0
+        assert after.version == "v1"
+        assert np.abs(pixels(bot, after) - pixels(bot, before)).max() > 0
 
         assert (await bot.say(bot.console, "/model use base")).text == \
             "Now using base for new images."
         rolled_back = await image_of(bot, "/imagine a circle --seed 99 --steps 6")
-        assert rolled_back.model_version == "base"
-        assert np.array_equal(pixels(rolled_back.path), pixels(before.path))
+        assert rolled_back.version == "base"
+        assert np.array_equal(pixels(bot, rolled_back), pixels(bot, before))
 
         await bot.say(bot.console, "/model use v1")
         again = await image_of(bot, "/imagine a circle --seed 99 --steps 6")
-        assert np.array_equal(pixels(again.path), pixels(after.path))
+        assert np.array_equal(pixels(bot, again), pixels(bot, after))
         unknown = await bot.say(bot.console, "/model use v7")
         assert unknown.error and "no version 'v7'" in unknown.text
 
     # The active version survives a restart, and the engine is put back on it.
     async with Bot(tmp_path) as restarted:
         image = await image_of(restarted, "/imagine a circle --seed 99 --steps 6")
-        assert image.model_version == "v1"
-        assert np.array_equal(pixels(image.path), pixels(after.path))
+        assert image.version == "v1"
+        assert np.array_equal(pixels(restarted, image), pixels(bot, after))
 
 
 async def test_the_bot_serves_during_training_and_cancel_keeps_the_version(tmp_path):
@@ -95,7 +97,7 @@ async def test_the_bot_serves_during_training_and_cancel_keeps_the_version(tmp_p
         assert second.error and "already running" in second.text
 
         image = await image_of(bot, "/imagine a red circle --steps 4")  # served meanwhile
-        assert image.model_version == "base"
+        assert image.version == "base"
         assert bot.service.learning.run_id is not None
 
         for _ in range(300):  # the first slice's progress may still be on its way
@@ -123,7 +125,7 @@ async def test_a_restart_during_training_leaves_the_store_consistent(tmp_path):
         assert (await restarted.say(restarted.console, "/retrain status")).text == \
             "No retraining is running. The active version is base."
         image = await image_of(restarted, "/imagine a circle --steps 4")
-        assert image.model_version == "base"
+        assert image.version == "base"
 
 
 async def test_jobs_taken_up_after_an_engine_crash_run_on_the_active_version(tmp_path):
@@ -133,14 +135,14 @@ async def test_jobs_taken_up_after_an_engine_crash_run_on_the_active_version(tmp
         await make_rated_images(bot, 4)
         await bot.say(bot.console, "/retrain --steps 4 --rank 2")
         await asyncio.wait_for(bot.service.learning.idle(), 120)
-        assert (await image_of(bot, "/imagine a circle --seed 1 --steps 3")).model_version == "v1"
+        assert (await image_of(bot, "/imagine a circle --seed 1 --steps 3")).version == "v1"
         jobs = [await bot.say(ALICE, f"/imagine a circle --seed {seed} --steps 40")
                 for seed in (2, 3, 4)]
         await bot.recorder.wait_started(jobs[0].job_id)
-        os.kill(bot.service.engine._process.pid, signal.SIGKILL)
+        os.kill(engine_process(bot.service).pid, signal.SIGKILL)
         for job in jobs:
             await bot.recorder.wait(job.job_id, timeout=120)
-        versions = [bot.recorder.images[job.job_id][0].model_version for job in jobs]
+        versions = [bot.recorder.images[job.job_id][0].version for job in jobs]
         assert versions == ["v1", "v1", "v1"]
 
 
@@ -149,11 +151,11 @@ async def test_an_active_version_that_cannot_be_loaded_leaves_the_bot_serving_th
         await make_rated_images(bot, 4)
         await bot.say(bot.console, "/retrain --steps 4 --rank 2")
         await asyncio.wait_for(bot.service.learning.idle(), 120)
-    [weights] = (tmp_path / "versions").rglob("*.safetensors")
+    [weights] = (tmp_path / "images" / "blobs").rglob("*.safetensors")
     weights.write_bytes(b"not a LoRA at all")  # a disk error, a bad copy
 
     async with Bot(tmp_path, max_waiting_per_user=10) as bot:  # it starts
-        assert (await image_of(bot, "/imagine a circle --seed 1 --steps 3")).model_version \
+        assert (await image_of(bot, "/imagine a circle --seed 1 --steps 3")).version \
             == "base"
         listing = (await bot.say(bot.console, "/model list")).text
         assert listing.startswith("Note: the active version v1 could not be loaded")
@@ -175,7 +177,7 @@ async def test_switches_asked_at_once_each_get_their_own_answer_and_the_store_ag
                                              "Now using base for new images."]
         listing = (await bot.say(bot.console, "/model list")).text
         assert "base · the model as shipped ← active" in listing
-        assert (await image_of(bot, "/imagine a circle --seed 1 --steps 3")).model_version \
+        assert (await image_of(bot, "/imagine a circle --seed 1 --steps 3")).version \
             == "base"
 
 
@@ -198,7 +200,7 @@ async def test_a_switch_answered_after_its_caller_gave_up_still_brings_the_store
                 break
             await asyncio.sleep(0.1)
         assert "← active" in listing.split("v1 · from base")[1], listing
-        assert (await image_of(bot, "/imagine a circle --seed 1 --steps 3")).model_version \
+        assert (await image_of(bot, "/imagine a circle --seed 1 --steps 3")).version \
             == "v1"
 
 

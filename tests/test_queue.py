@@ -6,12 +6,13 @@ from __future__ import annotations
 from bot import commands as cmd
 from bot.queue import JobQueue
 from bot.service import User
+from engine.params import Params
 from engine.protocol import Job
 from tests.test_service import ALICE, SLOW, Bot
 
 
 def job(job_id: int) -> Job:
-    return Job(job_id=job_id, kind="txt2img", prompt=f"job {job_id}", seed=job_id)
+    return Job(job_id, Params(prompt=f"job {job_id}", seed=job_id))
 
 
 async def put(queue: JobQueue, job_id: int, user: str, chat: str | None = None,

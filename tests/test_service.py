@@ -8,6 +8,7 @@ import io
 import os
 import signal
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
@@ -17,7 +18,9 @@ from bot.cli import build_service
 from bot.config import load_settings
 from bot.service import OUR_FAULT, Attachment, Service, User
 from bot.store import NewJob, Store
-from tests.conftest import Recorder, job_row, write_config
+from engine.blobs import LocalBlobs, key_of
+from engine.params import Params
+from tests.conftest import Recorder, engine_process, job_row, write_config
 
 ALICE = User("test", "1001", "alice")
 BOB = User("test", "1002", "bob")
@@ -71,7 +74,7 @@ async def test_a_job_is_stored_before_it_is_queued_and_its_result_before_deliver
         row = await bot.delivered_row(1)
         [image] = bot.recorder.images[1]
         assert row["status"] == "done" and row["delivered_at"] >= row["finished_at"]
-        assert image.seed == 7 and await asyncio.to_thread(Path(image.path).is_file)
+        assert image.seed == 7 and await asyncio.to_thread(bot.service.image_file(image).is_file)
 
 
 async def test_per_user_and_global_limits_answer_busy(tmp_path):
@@ -148,10 +151,17 @@ async def test_reroll_repeats_the_job_with_a_new_seed(tmp_path):
         again = await bot.service.reroll(BOB, image.id, {"chat": 7})
         await bot.recorder.wait(again.job_id)
         row, source = bot.row(again.job_id), bot.row(job.job_id)
-        same = ("kind", "prompt", "negative_prompt", "steps", "guidance", "width", "height")
+        same = ("kind", "prompt", "width", "height")
         assert [row[k] for k in same] == [source[k] for k in same]
-        assert row["seed"] != 5 and row["origin"] == '{"chat": 7}'
-        assert bot.recorder.images[again.job_id][0].seed == row["seed"]
+        asked, resolved = Params.from_json(row["params"]), Params.from_json(row["resolved"])
+        unseeded = {"seed": None}
+        assert replace(asked, **unseeded) == replace(Params.from_json(source["params"]),
+                                                     **unseeded)
+        assert replace(resolved, **unseeded) == replace(Params.from_json(source["resolved"]),
+                                                        **unseeded)
+        assert (asked.negative, resolved.steps) == ("blue", 4)
+        assert asked.seed != 5 and row["origin"] == '{"chat": 7}'
+        assert bot.recorder.images[again.job_id][0].seed == asked.seed
         missing = await bot.service.reroll(BOB, 999)
         assert missing.error and "no image #999" in missing.text
 
@@ -192,9 +202,9 @@ async def test_work_stored_before_a_crash_is_finished_and_delivered_once(tmp_pat
     store = await Store.open(settings.storage.db)
     user = await store.ensure_user("test", "1001")
     # A job stored but never queued (crash between the two) ...
-    waiting = await store.add_job(NewJob(user, "txt2img", "a red circle", seed=3, steps=3))
+    waiting = await store.add_job(NewJob(user, Params(prompt="a red circle", seed=3, steps=3)))
     # ... and one finished but not yet delivered.
-    finished = await store.add_job(NewJob(user, "txt2img", "a blue circle", seed=4, steps=3))
+    finished = await store.add_job(NewJob(user, Params(prompt="a blue circle", seed=4, steps=3)))
     await store.save_result(finished, [], 0.1, "base")
     await store.close()
 
@@ -211,14 +221,14 @@ async def test_a_killed_engine_is_restarted_and_its_job_retried_once(tmp_path):
     async with Bot(tmp_path) as bot:
         job = await bot.say(ALICE, f"/imagine a red circle {SLOW} --seed 11")
         await bot.recorder.wait_started(job.job_id)
-        first_engine = bot.service.engine._process
+        first_engine = engine_process(bot.service)
         os.kill(first_engine.pid, signal.SIGKILL)
 
         row = await bot.delivered_row(job.job_id, timeout=60)
         assert row["status"] == "done" and bot.recorder.deliveries == [job.job_id]
         assert bot.recorder.images[job.job_id][0].seed == 11
-        assert bot.service.engine._process.pid != first_engine.pid
-        assert not bot.service._retried  # done with: forgotten, so the set does not grow
+        assert engine_process(bot.service).pid != first_engine.pid
+        assert not bot.service.dispatch.retried  # done with: forgotten, so the set does not grow
         after = await bot.say(BOB, "/imagine a blue square --steps 3")  # still serving
         await bot.recorder.wait(after.job_id)
         assert len(bot.recorder.images[after.job_id]) == 1
@@ -226,11 +236,11 @@ async def test_a_killed_engine_is_restarted_and_its_job_retried_once(tmp_path):
 
 async def test_a_failure_on_our_side_gets_a_polite_reply_and_the_bot_goes_on(tmp_path):
     async with Bot(tmp_path) as bot:
-        uploads = bot.settings.storage.images / "uploads"
-        uploads.parent.mkdir(parents=True, exist_ok=True)
-        uploads.write_text("a file where the uploads folder should be")  # unwritable
         picture = io.BytesIO()
         Image.new("RGB", (32, 32), "red").save(picture, format="PNG")
+        # A folder where the upload's blob should be written: that one write fails.
+        blobs = LocalBlobs(bot.settings.storage.images / "blobs")
+        blobs.path(key_of(picture.getvalue(), ".png")).mkdir(parents=True)
         reply = await bot.say(ALICE, "/vary", image=Attachment(picture.getvalue(), "red.png"))
         assert reply.error and reply.text == OUR_FAULT
         after = await bot.say(BOB, "/imagine a blue square --steps 2")
@@ -246,10 +256,10 @@ async def test_a_job_that_kills_the_engine_twice_fails_clearly_and_the_bot_goes_
                 if bot.row(job.job_id)["status"] == "running":
                     break
                 await asyncio.sleep(0.05)
-            process = bot.service.engine._process
+            process = engine_process(bot.service)
             os.kill(process.pid, signal.SIGKILL)
             for _ in range(600):
-                replaced = bot.service.engine._process is not process
+                replaced = engine_process(bot.service) is not process
                 if replaced or job.job_id in bot.recorder.failures:
                     break
                 await asyncio.sleep(0.05)

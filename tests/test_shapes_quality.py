@@ -15,6 +15,8 @@ from PIL import Image
 
 from benchmarks.quality import measure
 from engine import protocol
+from engine.blobs import LocalBlobs
+from engine.params import Params
 from engine.pipelines import Pipelines, load
 from engine.shapes import checker, draw
 from engine.worker import Engine
@@ -25,17 +27,28 @@ def pipes() -> Pipelines:
     return load("bundled:shapes", "cpu")
 
 
+def job(job_id: int, kind: str, prompt: str, **given) -> protocol.Job:
+    return protocol.Job(job_id, Params(kind=kind, prompt=prompt, **given))
+
+
 def run(pipes: Pipelines, folder: Path, *jobs: protocol.Job) -> list[Image.Image]:
-    """Each job's first image, in job order, from an in-process Engine."""
+    """Each job's first image, in job order, from an in-process Engine whose blob store is
+    in `folder`."""
     sent: list = []
-    engine = Engine(pipes, folder, 8, sent.append, queue.Queue())
+    blobs = LocalBlobs(folder)
+    engine = Engine(pipes, blobs, 8, sent.append, queue.Queue())
     engine.run_all(list(jobs))
-    paths = {m.job_id: m.images[0].path for m in sent if isinstance(m, protocol.Result)}
-    return [Image.open(paths[job.job_id]).convert("RGB") for job in jobs]
+    keys = {m.job_id: m.images[0].blob for m in sent if isinstance(m, protocol.Result)}
+    return [Image.open(blobs.path(keys[each.job_id])).convert("RGB") for each in jobs]
+
+
+def put(folder: Path, picture: Path) -> str:
+    """A picture saved at `picture`, put in the blob store in `folder`: its key."""
+    return LocalBlobs(folder).put(picture.read_bytes(), ".png")
 
 
 def imagine(pipes: Pipelines, folder: Path, prompt: str, seed: int) -> Image.Image:
-    return run(pipes, folder, protocol.Job(1, "txt2img", prompt, seed=seed))[0]
+    return run(pipes, folder, job(1, "txt2img", prompt, seed=seed))[0]
 
 
 def test_checker_reads_training_drawings() -> None:
@@ -62,7 +75,7 @@ def test_imagine_draws_what_the_prompt_says(pipes: Pipelines, tmp_path: Path, se
 
 
 def test_a_circle_comes_in_many_colours(pipes: Pipelines, tmp_path: Path) -> None:
-    jobs = [protocol.Job(i, "txt2img", "a circle", seed=900 + i) for i in range(40)]
+    jobs = [job(i, "txt2img", "a circle", seed=900 + i) for i in range(40)]
     readings = [checker.read(image) for image in run(pipes, tmp_path, *jobs)]
     assert len({reading.colour for reading in readings}) >= 4
     assert sum(reading.background == "grey" for reading in readings) >= 36
@@ -74,11 +87,12 @@ def test_vary_keeps_the_picture_and_full_strength_follows_a_new_prompt(
     prompt = "a red circle on a blue background"
     source = tmp_path / "source.png"
     imagine(pipes, tmp_path, prompt, seed=31).save(source)
+    key = put(tmp_path, source)
     kept, redrawn = run(
         pipes, tmp_path,
-        protocol.Job(2, "img2img", prompt, seed=32, init_image=str(source)),
-        protocol.Job(3, "img2img", "a green square on a yellow background", seed=33,
-                     strength=1.0, init_image=str(source)),
+        job(2, "img2img", prompt, seed=32, image=key),
+        job(3, "img2img", "a green square on a yellow background", seed=33,
+            strength=1.0, image=key),
     )  # fmt: skip
     assert checker.read(kept).colour == "red"
     assert checker.read(redrawn) == checker.Reading("yellow", "green", "square")
@@ -90,11 +104,11 @@ def test_inpaint_repaints_the_mask_and_keeps_the_rest(pipes: Pipelines, tmp_path
     mask.paste(255, (12, 12, 52, 52))  # a box over the circle and some background around it
     picture.save(tmp_path / "picture.png")
     mask.save(tmp_path / "mask.png")
-    job = protocol.Job(
+    repaint = job(
         1, "inpaint", "a yellow square", seed=41,
-        init_image=str(tmp_path / "picture.png"), mask_image=str(tmp_path / "mask.png"),
+        image=put(tmp_path, tmp_path / "picture.png"), mask=put(tmp_path, tmp_path / "mask.png"),
     )  # fmt: skip
-    result = run(pipes, tmp_path, job)[0]
+    result = run(pipes, tmp_path, repaint)[0]
     assert checker.read(result) == checker.Reading("grey", "yellow", "square")
     change = np.abs(np.asarray(result, dtype=float) - np.asarray(picture, dtype=float)) / 255
     inside = np.asarray(mask) > 0

@@ -23,6 +23,7 @@ from bot.cli import build_service
 from bot.config import Settings, load_settings
 from bot.service import Service
 from bot.store import Store
+from engine.params import Params
 from engine.shapes import checker
 from tests import fake_telegram as tg
 from tests.conftest import LogLines, capture_logs, fast_telegram_adapter, job_row, write_config
@@ -243,7 +244,8 @@ async def test_vary_by_button_by_reply_and_by_caption(canvas: Canvas) -> None:
     jobs = [canvas.job(int(_job_of(canvas, call))) for call in (by_button, by_reply, by_caption)]
     assert [job["kind"] for job in jobs] == ["img2img"] * 3
     assert [job["source_image_id"] for job in jobs] == [image_id, image_id, None]
-    assert jobs[1]["strength"] == 0.5 and jobs[2]["prompt"] == "a blue circle"
+    assert Params.from_json(jobs[1]["params"]).strength == 0.5
+    assert jobs[2]["prompt"] == "a blue circle"
 
 
 def _job_of(canvas: Canvas, call: tg.Call) -> int:
@@ -281,7 +283,8 @@ async def test_inpaint_by_album_and_by_transparent_png(canvas: Canvas) -> None:
     for call, prompt in ((by_album, "a red circle"), (by_png, "a yellow square")):
         job = canvas.job(_job_of(canvas, call))
         assert (job["kind"], job["prompt"]) == ("inpaint", prompt)
-        with Image.open(job["mask_path"]) as stored_mask:
+        mask = Params.from_json(job["params"]).mask
+        with Image.open(canvas.service.blobs.path(mask)) as stored_mask:
             assert stored_mask.getextrema() == (0, 255)
 
 

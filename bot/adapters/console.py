@@ -65,9 +65,9 @@ class ConsoleAdapter:
     async def run(self) -> None:
         """Serve commands until end of input, then wait for the jobs started here."""
         if not self.json_mode:
-            ready = self.service.engine.ready
+            ready = self.service.engines.ready
             where = f" ({ready.device})" if ready else ""
-            print(f"Magic Canvas on {self.service.model_name}{where}. Type a command such as "
+            print(f"Magic Canvas on {self.service.checkpoint}{where}. Type a command such as "
                   "/imagine a red circle, or /help.", file=self.stdout, flush=True)
         lines = self._lines()
         while (line := await lines.get()) is not None:
@@ -144,13 +144,15 @@ class ConsoleAdapter:
     async def deliver_images(self, job: JobRow, images: list[ImageRow]) -> None:
         self.close_bar(job.id)
         for image in images:
+            path = str(self.service.image_file(image))
             self.emit(
-                {"type": "image", "job": job.id, "image": image.id, "path": image.path,
+                {"type": "image", "job": job.id, "image": image.id, "path": path,
                  "seed": image.seed, "width": image.width, "height": image.height,
-                 "prompt": job.prompt, "model": job.model or self.service.model_name,
-                 "model_version": image.model_version},
+                 "prompt": job.prompt,
+                 "model": job.params.checkpoint or self.service.checkpoint,
+                 "model_version": image.version},
                 f"image #{image.id} (job #{job.id}, seed {image.seed}, {image.width}×"
-                f"{image.height}, {image.model_version}): {image.path}",
+                f"{image.height}, {image.version}): {path}",
             )
         self.done(job.id)
 

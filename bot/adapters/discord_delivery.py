@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -170,7 +169,7 @@ class Delivery:
 
     def _pngs(self, images: list[ImageRow]) -> list[tuple[str, bytes]]:
         size = self.service.chat_image_size
-        return [(f"canvas-{image.id}.png", png_for_chat(Path(image.path), size))
+        return [(f"canvas-{image.id}.png", png_for_chat(self.service.image_file(image), size))
                 for image in images]
 
 
@@ -202,9 +201,9 @@ def result_embed(job: JobRow, images: list[ImageRow], names: list[str]) -> disco
                     value=", ".join(str(image.seed) for image in images))
     embed.add_field(name="Image" if len(images) == 1 else "Images",
                     value=", ".join(f"#{image.id}" for image in images))
-    embed.add_field(name="Model", value=_short(images[0].model_version, 1024) if images else "?")
-    if job.negative_prompt:
-        embed.add_field(name="Negative", value=_short(job.negative_prompt, 1024), inline=False)
+    embed.add_field(name="Model", value=_short(images[0].version, 1024) if images else "?")
+    if job.params.negative:
+        embed.add_field(name="Negative", value=_short(job.params.negative, 1024), inline=False)
     if len(names) == 1:
         embed.set_image(url=f"attachment://{names[0]}")
     size = f"{images[0].width}×{images[0].height}" if images else ""

@@ -332,7 +332,8 @@ class TelegramAdapter:
             log.warning("job %d has no chat to deliver to", job.id)
             return
         pngs = await asyncio.gather(*(asyncio.to_thread(
-            png_for_chat, image.path, self.service.chat_image_size) for image in images))
+            png_for_chat, self.service.image_file(image), self.service.chat_image_size)
+            for image in images))
         where = _where(job)
         if len(images) == 1:
             await _retrying(lambda: self.bot.send_photo(

@@ -52,7 +52,7 @@ def parse_button(data: str | None) -> Button | None:
 def caption(job: JobRow, image: ImageRow) -> str:
     """Prompt, seed, model version and image id; the id comes last, where a reply's /vary
     looks for it."""
-    tail = f"\nseed {image.seed} · {image.model_version} · image #{image.id}"
+    tail = f"\nseed {image.seed} · {image.version} · image #{image.id}"
     prompt = job.prompt if job.kind != "img2img" or job.prompt else "variation"
     room = CAPTION_LIMIT - len(tail)
     if len(prompt) > room:

@@ -1,0 +1,83 @@
+"""The requests a command becomes: platform-neutral, validated, frozen.
+
+The generation commands carry one `Params` record (engine/params.py), where None means "not
+given", so that a chat's and a model's defaults can be filled in later by `Params.resolve`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from engine.params import Params
+
+
+@dataclass(frozen=True)
+class Imagine:
+    params: Params  # kind "txt2img"; the prompt is always set
+
+
+@dataclass(frozen=True)
+class Vary:
+    image_id: int | None = None  # None: the platform should supply an attached image
+    params: Params = Params(kind="img2img")  # no prompt: the source image's prompt
+
+
+@dataclass(frozen=True)
+class Inpaint:
+    params: Params  # kind "inpaint"; the prompt is always set
+
+
+@dataclass(frozen=True)
+class Rate:
+    image_id: int
+    score: int
+
+
+@dataclass(frozen=True)
+class Cancel:
+    job_id: int | None = None  # None: the user's most recent waiting or running job
+
+
+@dataclass(frozen=True)
+class ShowQueue:
+    pass
+
+
+@dataclass(frozen=True)
+class History:
+    pass
+
+
+@dataclass(frozen=True)
+class Help:
+    pass
+
+
+@dataclass(frozen=True)
+class Retrain:
+    action: Literal["start", "status", "cancel"] = "start"
+    steps: int | None = None
+    min_score: float | None = None
+    rank: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelCmd:
+    action: Literal["list", "use"] = "list"
+    version: str | None = None
+
+
+Request = Imagine | Vary | Inpaint | Rate | Cancel | ShowQueue | History | Help | Retrain | ModelCmd
+
+
+def imagine(**given: object) -> Imagine:
+    return Imagine(Params(kind="txt2img", **given))  # type: ignore[arg-type]
+
+
+def inpaint(**given: object) -> Inpaint:
+    return Inpaint(Params(kind="inpaint", **given))  # type: ignore[arg-type]
+
+
+def vary(image_id: int | None = None, **given: object) -> Vary:
+    return Vary(image_id, Params(kind="img2img", **given))  # type: ignore[arg-type]

@@ -1,0 +1,113 @@
+"""Commands that make pictures, turned into jobs: the user's parameters with the seed chosen,
+attached pictures checked and put in the blob store, an earlier picture looked up."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import re
+import secrets
+from collections.abc import Callable
+
+from PIL import Image
+
+from bot import commands as cmd
+from bot.config import Settings
+from bot.errors import UserError
+from bot.images import ImageLimits, open_image, split_image_and_mask
+from bot.service.types import Attachment
+from bot.store import ImageRow, NewJob, Store
+from engine.blobs import key_of
+from engine.params import Params
+
+
+class JobMaker:
+    def __init__(self, settings: Settings, store: Store, checkpoint: Callable[[], str]) -> None:
+        self.settings = settings
+        self.store = store
+        self.checkpoint = checkpoint  # the model the engines run
+
+    async def imagine(self, user_id: int, request: cmd.Imagine, origin: dict) -> NewJob:
+        return self._new(user_id, request.params, origin=origin)
+
+    async def vary(self, user_id: int, request: cmd.Vary, image: Attachment | None,
+                   origin: dict) -> NewJob:
+        params = request.params
+        if image is not None:
+            picture = await asyncio.to_thread(open_image, image.data, self._limits)
+            upload = await asyncio.to_thread(_png, picture.convert("RGB"))
+            params = dataclasses.replace(params, prompt=params.prompt or "", image=upload[0])
+            return self._new(user_id, params, origin=origin, uploads=(upload,))
+        if request.image_id is None:
+            raise UserError("Which image should I vary? Give its id (for example /vary 12) "
+                            "or attach an image.")
+        source = await self.image(request.image_id)
+        earlier = (await self.store.get_job(source.job_id)).params
+        params = params.resolve(Params(prompt=earlier.prompt, negative=earlier.negative))
+        return self._new(user_id, dataclasses.replace(params, image=source.blob),
+                         source_image_id=source.id, origin=origin)
+
+    async def inpaint(self, user_id: int, request: cmd.Inpaint, image: Attachment | None,
+                      mask: Attachment | None, origin: dict) -> NewJob:
+        if image is None:
+            raise UserError("Inpainting needs an image and a mask: attach both (white in the "
+                            "mask = repaint), or one PNG whose transparent part is to be "
+                            "repainted.")
+        uploads = await asyncio.to_thread(self._inpaint_inputs, image, mask)
+        params = dataclasses.replace(request.params, image=uploads[0][0], mask=uploads[1][0])
+        return self._new(user_id, params, origin=origin, uploads=uploads)
+
+    async def reroll(self, user_id: int, image_id: int, origin: dict) -> NewJob:
+        """The job that made an image, again, with a new seed (the Reroll button)."""
+        source = await self.image(image_id)
+        job = await self.store.get_job(source.job_id)
+        return self._new(user_id, dataclasses.replace(job.params, seed=None),
+                         source_image_id=job.source_image_id, origin=origin)
+
+    async def image(self, image_id: int) -> ImageRow:
+        image = await self.store.get_image(image_id)
+        if image is None:
+            raise UserError(f"There is no image #{image_id}. /history lists yours.")
+        return image
+
+    def _new(self, user_id: int, params: Params, *, source_image_id: int | None = None,
+             origin: dict, uploads: tuple[tuple[str, bytes], ...] = ()) -> NewJob:
+        self._check_blocked_words(params.prompt or "")
+        self._check_checkpoint(params.checkpoint)
+        if params.seed is None:
+            params = dataclasses.replace(params, seed=secrets.randbelow(cmd.MAX_SEED + 1))
+        return NewJob(user_id, params, source_image_id=source_image_id, origin=origin,
+                      uploads=uploads)
+
+    def _inpaint_inputs(self, image: Attachment,
+                        mask: Attachment | None) -> tuple[tuple[str, bytes], ...]:
+        picture = open_image(image.data, self._limits)
+        mask_picture = open_image(mask.data, self._limits, "mask") if mask else None
+        picture, mask_picture = split_image_and_mask(picture, mask_picture)
+        return _png(picture), _png(mask_picture)
+
+    @property
+    def _limits(self) -> ImageLimits:
+        limits = self.settings.limits
+        return ImageLimits(limits.max_image_bytes, limits.max_image_pixels)
+
+    def _check_blocked_words(self, prompt: str) -> None:
+        words = set(re.findall(r"\w+", prompt.casefold()))
+        blocked = [word for word in self.settings.limits.blocked_words
+                   if word.casefold() in words]
+        if blocked:
+            raise UserError("Sorry, this bot's admins do not allow prompts with the word "
+                            f"{blocked[0]!r}. Please rephrase.")
+
+    def _check_checkpoint(self, checkpoint: str | None) -> None:
+        if checkpoint is not None and checkpoint != self.checkpoint():
+            raise UserError(f"The model {checkpoint!r} is not available; this bot runs "
+                            f"{self.checkpoint()}.")
+
+
+def _png(picture: Image.Image) -> tuple[str, bytes]:
+    """A picture as PNG bytes, with the blob key they will have."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return key_of(buffer.getvalue(), ".png"), buffer.getvalue()
