@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
-from bot.config import ConfigError, Settings, load_settings
+from bot.config import ConfigError, EngineSettings, Settings, load_settings
 from bot.service import Service
 from bot.store import Store
 from engine.blobs import LocalBlobs
 from engine.client import EngineError, EngineHandle, EngineOptions, SubprocessTransport
 from engine.pool import EnginePool
+from engine.protocol import ModelSpec
 
 log = logging.getLogger("canvas")
 
@@ -27,10 +28,21 @@ def blobs_of(settings: Settings) -> LocalBlobs:
     return LocalBlobs(settings.storage.images / "blobs")
 
 
+def model_specs(engine: EngineSettings) -> tuple[ModelSpec, ...]:
+    """The configured models for the engine, the default first."""
+    catalogue = engine.catalogue
+    names = [engine.model, *(name for name in catalogue if name != engine.model)]
+    return tuple(
+        ModelSpec(name, model.source, model.dtype if model.dtype != "auto" else engine.dtype,
+                  model.quantize, model.offload, str(model.config or ""),
+                  model.defaults.steps, model.defaults.cfg, model.description)
+        for name, model in ((name, catalogue[name]) for name in names))
+
+
 def build_service(settings: Settings, store: Store) -> Service:
     engine, blobs = settings.engine, blobs_of(settings)
     options = EngineOptions(engine.model, engine.device, engine.dtype, engine.max_batch,
-                            blobs.root, engine.compile)
+                            blobs.root, engine.compile, model_specs(engine), engine.memory)
     engines = EnginePool([EngineHandle(SubprocessTransport(options))])
     return Service(settings, store, engines, blobs)
 

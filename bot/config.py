@@ -23,11 +23,14 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 __all__ = [
+    "DEFAULT_MODELS",
     "AdminSettings",
     "ConfigError",
     "DiscordSettings",
     "EngineSettings",
     "LimitSettings",
+    "ModelDefaults",
+    "ModelSettings",
     "Settings",
     "StorageSettings",
     "TelegramSettings",
@@ -57,14 +60,72 @@ _HTTP = ("http", "https")
 AUTO_BATCH = 0
 
 
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+# none; bitsandbytes' LLM.int8 and NF4 (CUDA); torchao's int8 weight-only (CPU or CUDA)
+QUANTIZE = ("none", "8bit", "4bit", "int8-weights")
+OFFLOAD = ("none", "model", "sequential", "group")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a job on this model gets for what its user did not give (None: the family's)."""
+
+    steps: int | None = _setting(None, min=1, max=100)
+    cfg: float | None = _setting(None, min=0, max=30)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    # bundled:NAME, random:FAMILY, a local diffusers folder, a hub id, or a single-file
+    # .safetensors checkpoint (with `config`: a local folder of its diffusers configs)
+    source: str = _setting("", nonempty=True, required=True)
+    description: str = ""
+    dtype: str = _setting("auto", choices=DTYPES)
+    quantize: str = _setting("none", choices=QUANTIZE)
+    offload: str = _setting("none", choices=OFFLOAD)
+    config: Path | None = None
+    defaults: ModelDefaults = field(default_factory=ModelDefaults)
+
+
+DEFAULT_MODELS = {
+    "shapes": ModelSettings("bundled:shapes", "The bundled UNet model: coloured shapes"),
+    "shapes-sd3": ModelSettings("bundled:shapes-sd3",
+                                "The bundled SD 3 transformer model: coloured shapes"),
+}
+
+
 @dataclass(frozen=True)
 class EngineSettings:
-    model: str = _setting("bundled:shapes", nonempty=True)
+    # The default model: a name in `models`, or (as in older configs) a bare source, which
+    # is then the only model.
+    model: str = _setting("shapes", nonempty=True)
+    models: dict[str, ModelSettings] = field(default_factory=lambda: dict(DEFAULT_MODELS))
     device: str = _setting("auto", choices=("auto", "cpu", "cuda"))
     # AUTO_BATCH (written `auto`): sized to the device's memory by the engine.
     max_batch: int = _setting(AUTO_BATCH, min=1, max=64, auto=True)
-    dtype: str = _setting("auto", choices=("auto", "float32", "float16", "bfloat16"))
+    dtype: str = _setting("auto", choices=DTYPES)
     compile: bool = False
+    # GB of device memory the engine keeps models in; 0 (written `auto`): what is free after
+    # the first model loads, less headroom.
+    memory: float = _setting(0.0, min=0.001, auto=True)
+
+    def __post_init__(self) -> None:
+        for name in self.models:
+            if not MODEL_NAME.fullmatch(str(name)):
+                raise ConfigError(f"engine.models.{name}: a model's name is 1 to 100 letters, "
+                                  "digits and . _ - : / (starting with a letter or digit)")
+        if self.model not in self.models and self.models != DEFAULT_MODELS:
+            raise ConfigError(f"engine.model: {self.model!r} is not one of engine.models ("
+                              + ", ".join(self.models) + ")")
+
+    @property
+    def catalogue(self) -> dict[str, ModelSettings]:
+        """The models by name. A bare source in `engine.model` with no `models` of its own is
+        the one model, named by its source."""
+        if self.model in self.models:
+            return self.models
+        return {self.model: ModelSettings(self.model)}
 
 
 @dataclass(frozen=True)
@@ -276,6 +337,19 @@ def _to_int(value: Any) -> int:
     raise _Invalid
 
 
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise _Invalid
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    raise _Invalid
+
+
 def _to_str(value: Any) -> str:
     # Ids such as admin user ids are often written as bare numbers.
     if isinstance(value, int) and not isinstance(value, bool):
@@ -285,7 +359,7 @@ def _to_str(value: Any) -> str:
     raise _Invalid
 
 
-_CONVERTERS = {bool: _to_bool, int: _to_int, str: _to_str, Path: _to_str}
+_CONVERTERS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str, Path: _to_str}
 
 
 def _check(value: Any, rules: Mapping[str, Any]) -> Any:
@@ -334,8 +408,12 @@ def _expected(kind: type, rules: Mapping[str, Any]) -> str:
         return "empty or 1 to 256 of the characters A-Z, a-z, 0-9, _ and -"
     if kind is bool:
         return "true or false"
-    if kind is int:
+    if kind in (int, float):
         low, high = rules.get("min"), rules.get("max")
+        if kind is float:
+            auto = "auto or " if rules.get("auto") else ""
+            return f"{auto}a number" + (f" from {low:g} to {high:g}" if high is not None else
+                                        f" >= {low:g}" if low is not None else "")
         if low is not None and high is not None:
             auto = "auto or " if rules.get("auto") else ""
             return f"{auto}a whole number from {low} to {high}"
@@ -359,12 +437,20 @@ class _Builder:
         values: dict[str, Any] = {}
         for name, spec in fields.items():
             key = f"{where}.{name}" if where else name
-            kind, raw = hints[name], data.get(name)
+            kind, raw = _optional(hints[name]), data.get(name)
             if dataclasses.is_dataclass(kind):
                 values[name] = self.build(kind, _section(raw, key), key)
+            elif get_origin(kind) is dict:  # named sections, e.g. engine.models
+                if raw is not None:
+                    item = get_args(kind)[1]
+                    values[name] = {str(entry): self.build(item, _section(body, f"{key}.{entry}"),
+                                                           f"{key}.{entry}")
+                                    for entry, body in _section(raw, key).items()}
             elif raw is not None:  # null (e.g. `token:` with nothing after it) keeps the default
                 values[name] = self.field_value(raw, kind, key, spec.metadata)
-            elif kind is Path:
+            elif spec.metadata.get("required"):
+                raise ConfigError(f"{key}: must be given")
+            elif kind is Path and spec.default is not None:
                 values[name] = self.resolve(spec.default)
         return cls(**values)
 
@@ -384,7 +470,7 @@ class _Builder:
 
     def scalar(self, value: Any, kind: type, key: str, rules: Mapping[str, Any]) -> Any:
         if rules.get("auto") and isinstance(value, str) and value.strip().lower() == "auto":
-            return AUTO_BATCH
+            return kind(AUTO_BATCH)
         try:
             converted = _check(_CONVERTERS[kind](value), rules)
             if kind is Path:
@@ -399,6 +485,14 @@ class _Builder:
     def resolve(self, path: Path) -> Path:
         path = path.expanduser()
         return path if path.is_absolute() else self.base_dir / path
+
+
+def _optional(kind: Any) -> Any:
+    """`int | None` is read as int: null keeps the default (None)."""
+    args = get_args(kind)
+    if type(None) in args and len(args) == 2:
+        return next(arg for arg in args if arg is not type(None))
+    return kind
 
 
 def _shown(value: Any, rules: Mapping[str, Any]) -> str:

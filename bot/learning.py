@@ -64,48 +64,62 @@ class Learning:
         self._idle.set()
 
     @property
-    def base_model(self) -> str:
-        ready = self.engines.ready
-        return ready.checkpoint if ready else self.settings.engine.model
+    def default_model(self) -> str:
+        return self.settings.engine.model
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.settings.engine.catalogue)
+
+    def model_of(self, asked: str | None) -> str:
+        model = asked or self.default_model
+        if model not in self.models:
+            raise UserError(f"There is no model {model!r}. The models are "
+                            f"{', '.join(self.models)}.")
+        return model
 
     async def start(self) -> None:
-        """After the first engine start: record the base version, close runs a crash left
-        open, and put the engine on the active version."""
-        await self.store.ensure_model_version("base", self.base_model)
+        """After the first engine start: record each model's base version, close runs a
+        crash left open, and put the engine on the active versions."""
+        for model, settings in self.settings.engine.catalogue.items():
+            # Versions an older bot kept under the model's source now go by its name.
+            await self.versions.adopt(settings.source, model)
+            await self.store.ensure_model_version("base", model)
         if interrupted := await self.versions.interrupt_runs():
             log.warning("%d training run(s) were interrupted by the last stop", interrupted)
         await self.restore()
 
     async def restore(self) -> None:
-        """Put a (new) engine on the stored active version."""
+        """Put a (new) engine on the stored active versions."""
         await self.await_restore(await self.send_restore())
 
-    async def send_restore(self, engine: EngineHandle | None = None) -> Switch | None:
-        """Tell a new engine (default: every engine) to use the stored active version,
-        without waiting for its answer: sent before any job, it is applied before any job
-        runs."""
-        active = await self.versions.active_version(self.base_model)
-        if active is None or not active.adapter:
-            return None
-        return await self._send_switch(active, engine)
+    async def send_restore(self, engine: EngineHandle | None = None) -> list[Switch]:
+        """Tell a new engine (default: every engine) to use each model's stored active
+        version, without waiting for its answers: sent before any job, they are applied
+        before any job runs."""
+        switches = []
+        for model in self.models:
+            active = await self.versions.active_version(model)
+            if active is not None and active.adapter:
+                switches.append(await self._send_switch(active, engine))
+        return switches
 
-    async def await_restore(self, switch: Switch | None) -> None:
-        """Wait for a restore; one that fails leaves the bot serving the base model, says so
+    async def await_restore(self, switches: list[Switch]) -> None:
+        """Wait for the restores; one that fails leaves its model serving its base, says so
         in the log and to admins (/model, /retrain status), and records base as active so
         the store and the engine agree."""
-        if switch is None:
-            return
-        try:
-            await self._await_switch(switch)
-        except (UserError, TimeoutError) as error:
-            name = switch.version.name
-            reason = str(error) or f"no answer in {SWITCH_TIMEOUT:.0f} s"
-            log.error("could not put the engine on %s (%s); serving the base model", name,
-                      reason)
-            self.notice = (f"Note: the active version {name} could not be loaded when the "
-                           f"engine started ({reason}), so the base model is serving. "
-                           f"/model use {name} tries again.")
-            await self.versions.set_active_version(await self._base())
+        for switch in switches:
+            try:
+                await self._await_switch(switch)
+            except (UserError, TimeoutError) as error:
+                name, model = switch.version.name, switch.version.base_model
+                reason = str(error) or f"no answer in {SWITCH_TIMEOUT:.0f} s"
+                log.error("could not put the engine on %s of %s (%s); serving the base "
+                          "model", name, model, reason)
+                self.notice = (f"Note: the active version {name} could not be loaded when "
+                               f"the engine started ({reason}), so the base model is "
+                               f"serving. /model use {name} tries again.")
+                await self.versions.set_active_version(await self._base(model))
 
     async def idle(self) -> None:
         """Wait until no retraining is running."""
@@ -115,24 +129,26 @@ class Learning:
 
     async def handle(self, user_id: int, request: cmd.Retrain | cmd.ModelCmd,
                      origin: dict[str, Any]) -> str:
+        model = self.model_of(request.checkpoint)
         if isinstance(request, cmd.ModelCmd):
             if request.action == "use":
-                return await self.use(request.version)
-            return await self.list_text()
+                return await self.use(request.version, model)
+            return await self.list_text(model)
         if request.action == "status":
-            return await self.status_text()
+            return await self.status_text(model)
         if request.action == "cancel":
             return await self.cancel()
-        return await self.retrain(user_id, request, origin)
+        return await self.retrain(user_id, request, origin, model)
 
-    async def retrain(self, user_id: int, request: cmd.Retrain, origin: dict[str, Any]) -> str:
+    async def retrain(self, user_id: int, request: cmd.Retrain, origin: dict[str, Any],
+                      model: str | None = None) -> str:
         # From the check to the run's id is several awaits: two /retrain at once (Telegram
         # handles updates concurrently) must not both pass it.
         async with self._starting:
-            return await self._start_run(user_id, request, origin)
+            return await self._start_run(user_id, request, origin, model or self.default_model)
 
-    async def _start_run(self, user_id: int, request: cmd.Retrain,
-                         origin: dict[str, Any]) -> str:
+    async def _start_run(self, user_id: int, request: cmd.Retrain, origin: dict[str, Any],
+                         model: str) -> str:
         if self.run_id is not None:
             raise UserError("A retraining is already running. /retrain status shows it; "
                             "/retrain cancel stops it.")
@@ -142,12 +158,12 @@ class Learning:
             raise UserError(f"I need at least {MIN_EXAMPLES} images rated {min_score:g} or "
                             f"higher to retrain; there are {len(examples)}. Rate more images "
                             "(/rate or the buttons), or lower --min-score.")
-        parent = await self._active_or_base()
+        parent = await self._active_or_base(model)
         chain = await self.versions.chain(parent)
-        name = await self._next_name()
+        name = await self._next_name(model)
         steps, rank = request.steps or DEFAULT_STEPS, request.rank or DEFAULT_RANK
         run_id = await self.versions.start_run(
-            version=name, base_model=self.base_model, parent_id=parent.id, user_id=user_id,
+            version=name, base_model=model, parent_id=parent.id, user_id=user_id,
             steps=steps, rank=rank, min_score=min_score, images_used=len(examples),
             ratings_used=sum(example.ratings for example in examples), origin=origin)
         self.run_id, self.progress, self._announced_quarter = run_id, None, 0
@@ -155,19 +171,20 @@ class Learning:
         await self.engines.train(protocol.Train(
             run_id=run_id, version=name, parents=_adapters(chain),
             examples=tuple(protocol.TrainExample(e.blob, e.prompt, e.score) for e in examples),
-            steps=steps, rank=rank, seed=run_id))
+            steps=steps, rank=rank, seed=run_id, checkpoint=model))
         ratings = sum(example.ratings for example in examples)
         return (f"Retraining started: {name}, from {parent.name}, on {len(examples)} images "
                 f"({ratings} ratings), {steps} steps at rank {rank}. The bot keeps serving "
                 "meanwhile; /retrain status shows progress.")
 
-    async def status_text(self) -> str:
-        active = await self._active_or_base()
+    async def status_text(self, model: str | None = None) -> str:
+        active = await self._active_or_base(model or self.default_model)
         if self.run_id is None:
             return " ".join(filter(None, [
                 f"No retraining is running. The active version is {active.name}.",
                 self.notice]))
         run = await self.versions.run(self.run_id)
+        active = await self._active_or_base(run.base_model)
         progress = self.progress
         if progress is None or progress.step == 0:
             return f"Retraining {run.version} is starting (preparing {run.images_used} images)."
@@ -182,12 +199,13 @@ class Learning:
         await self.engines.cancel_train(protocol.CancelTrain(self.run_id))
         return "Stopping the retraining; the active version stays as it is."
 
-    async def list_text(self) -> str:
-        active = await self._active_or_base()
-        rows = await self.versions.versions(self.base_model)
+    async def list_text(self, model: str | None = None) -> str:
+        model = model or self.default_model
+        active = await self._active_or_base(model)
+        rows = await self.versions.versions(model)
         names = {row.id: row.name for row in rows}
         lines = [self.notice] if self.notice else []
-        lines.append(f"Model versions of {self.base_model}:")
+        lines.append(f"Model versions of {model}:")
         for row in rows:
             if row.adapter is None:
                 text = f"{row.name} · the model as shipped"
@@ -200,8 +218,8 @@ class Learning:
             lines.append(text + (" ← active" if row.id == active.id else ""))
         return "\n".join(lines)
 
-    async def use(self, name: str | None) -> str:
-        version = await self.versions.version(self.base_model, name or "")
+    async def use(self, name: str | None, model: str | None = None) -> str:
+        version = await self.versions.version(model or self.default_model, name or "")
         if version is None:
             raise UserError(f"There is no version {name!r}. /model list shows them.")
         await self._use(version)
@@ -214,7 +232,7 @@ class Learning:
     async def on_event(self, event: protocol.FromEngine) -> None:
         match event:
             case protocol.VersionActive():
-                await self._switched(event.version)
+                await self._switched(event.version, event.checkpoint or self.default_model)
             case protocol.TrainProgress():
                 self.progress = event
                 await self.versions.record_progress(event.run_id, event.step, event.loss)
@@ -236,7 +254,8 @@ class Learning:
                 if event.run_id != self.run_id:
                     return  # not the run in progress (the engine refused a second one)
                 self._finished()
-                active = await self._active_or_base()
+                run = await self.versions.run(event.run_id)
+                active = await self._active_or_base(run.base_model)
                 what = "was cancelled" if event.cancelled else f"failed: {event.error}"
                 await self._tell(event.run_id, f"Retraining {what}. Still using {active.name}.")
 
@@ -270,8 +289,8 @@ class Learning:
         chain = await self.versions.chain(version)
         switch = Switch(version, asyncio.get_running_loop().create_future())
         self._pending.append(switch)
-        await self.engines.use_version(protocol.UseVersion(version.name, _adapters(chain)),
-                                       engine)
+        await self.engines.use_version(
+            protocol.UseVersion(version.name, _adapters(chain), version.base_model), engine)
         return switch
 
     async def _await_switch(self, switch: Switch) -> None:
@@ -285,7 +304,7 @@ class Learning:
             raise UserError(f"The engine could not load {switch.version.name}; it is still "
                             f"using {now}. The log has the details.")
 
-    async def _switched(self, now: str) -> None:
+    async def _switched(self, now: str, model: str) -> None:
         """The engine answers each UseVersion, in order, with the version it now uses."""
         if not self._pending:
             return
@@ -295,18 +314,18 @@ class Learning:
             # Whoever asked stopped waiting (a long batch ran): make the store say what the
             # engine really uses, so the two never disagree.
             log.warning("a late version switch: the engine now uses %s", now)
-            if (version := await self.versions.version(self.base_model, now)) is not None:
+            if (version := await self.versions.version(model, now)) is not None:
                 await self.versions.set_active_version(version)
 
-    async def _active_or_base(self) -> VersionRow:
-        active = await self.versions.active_version(self.base_model)
-        return active or await self._base()
+    async def _active_or_base(self, model: str) -> VersionRow:
+        active = await self.versions.active_version(model)
+        return active or await self._base(model)
 
-    async def _base(self) -> VersionRow:
-        return await self.versions.version(self.base_model, "base")
+    async def _base(self, model: str) -> VersionRow:
+        return await self.versions.version(model, "base")
 
-    async def _next_name(self) -> str:
-        taken = {row.name for row in await self.versions.versions(self.base_model)}
+    async def _next_name(self, model: str) -> str:
+        taken = {row.name for row in await self.versions.versions(model)}
         number = 1
         while f"v{number}" in taken:
             number += 1

@@ -107,6 +107,16 @@ class LearningStore:
             current = by_id.get(current.parent_id)
         return chain[::-1]
 
+    async def adopt(self, old: str, new: str) -> None:
+        """Versions kept under `old` (a model's source, as older bots named models) go by
+        `new` (its name now), unless `new` has versions of its own."""
+        if old == new or await self.versions(new) or not await self.versions(old):
+            return
+        async with self.transaction() as db:
+            for table in ("model_versions", "active_versions", "training_runs"):
+                await db.execute(f"UPDATE {table} SET base_model = ? WHERE base_model = ?",
+                                 (new, old))
+
     async def active_version(self, base_model: str) -> VersionRow | None:
         rows = await self._all(
             """SELECT model_versions.* FROM active_versions

@@ -174,8 +174,21 @@ async def params_and_blobs(db: aiosqlite.Connection, blobs: Blobs) -> None:
     await db.execute("ALTER TABLE model_versions DROP COLUMN lora_path")
 
 
+MODEL_LOADS = """
+    CREATE TABLE model_loads (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        came_from TEXT NOT NULL,
+        seconds REAL NOT NULL,
+        device_bytes INTEGER NOT NULL,
+        evicted TEXT NOT NULL DEFAULT '[]',
+        loaded_at REAL NOT NULL
+    );
+    CREATE INDEX jobs_by_model ON jobs(json_extract(resolved, '$.checkpoint'), status);
+"""
+
 Migration = str | Callable[[aiosqlite.Connection, Blobs], Awaitable[None]]
-MIGRATIONS: tuple[Migration, ...] = (FIRST_SCHEMA, params_and_blobs)
+MIGRATIONS: tuple[Migration, ...] = (FIRST_SCHEMA, params_and_blobs, MODEL_LOADS)
 
 
 async def migrate(db: aiosqlite.Connection, blobs: Blobs) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import statistics
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -283,6 +284,35 @@ class Store:
                 "UPDATE jobs SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL",
                 (time.time(), job_id),
             )
+
+    # ---- models --------------------------------------------------------------------------
+
+    async def record_load(self, name: str, came_from: str, seconds: float, device_bytes: int,
+                          evicted: Sequence[str]) -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                """INSERT INTO model_loads (name, came_from, seconds, device_bytes, evicted,
+                       loaded_at) VALUES (?, ?, ?, ?, ?, ?)""",
+                (name, came_from, seconds, device_bytes, json.dumps(list(evicted)), time.time()))
+
+    async def recent_loads(self, limit: int = 5) -> list[dict[str, Any]]:
+        async with self._read.execute(
+                "SELECT * FROM model_loads ORDER BY id DESC LIMIT ?", (limit,)) as cursor:
+            return [dict(row) for row in await cursor.fetchall()]
+
+    async def seconds_per_image(self, recent: int = 200) -> dict[str, float]:
+        """Each model's median engine seconds per image, over its latest finished jobs."""
+        async with self._read.execute(
+                """SELECT json_extract(resolved, '$.checkpoint') AS model,
+                          engine_seconds / json_extract(resolved, '$.n') AS each
+                   FROM jobs WHERE status = 'done' AND resolved IS NOT NULL
+                   ORDER BY id DESC LIMIT ?""", (recent * 10,)) as cursor:
+            rows = await cursor.fetchall()
+        times: dict[str, list[float]] = {}
+        for model, each in rows:
+            if model is not None and each is not None and len(times.get(model, ())) < recent:
+                times.setdefault(model, []).append(each)
+        return {model: statistics.median(values) for model, values in times.items()}
 
     # ---- images and ratings --------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The engine process: `python -m engine --model M --device D --blobs DIR`.
+"""The engine process: `python -m engine --models JSON --device D --blobs DIR`.
 
 It reads protocol messages from standard input, one JSON line each, and writes its own to
 standard output. Everything else that would print (libraries included) goes to standard error,
@@ -8,6 +8,7 @@ so the message stream stays clean.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import queue
@@ -52,7 +53,13 @@ def _read_stdin(inbox: queue.Queue) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m engine")
-    parser.add_argument("--model", default="bundled:shapes")
+    parser.add_argument("--model", default="bundled:shapes",
+                        help="the one model's source, when --models is not given")
+    parser.add_argument("--models", type=json.loads, default=None,
+                        help="the named models, as a JSON list of protocol.ModelSpec fields; "
+                             "the first is the default")
+    parser.add_argument("--memory", type=float, default=0,
+                        help="GB of device memory for models; 0: what is free, less headroom")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--max-batch", type=int, default=0,
@@ -71,7 +78,10 @@ def main() -> None:
                      name="loading").start()
     logging.basicConfig(level=os.environ.get("CANVAS_LOG_LEVEL", "INFO"),
                         format="%(asctime)s engine %(levelname)s %(name)s: %(message)s")
-    # Library chatter (deprecations, optional extras) is noise in a bot's log.
+    # Library chatter (deprecations, optional extras, torchao's kernels for other hardware)
+    # is noise in a bot's log.
+    for chatty in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(chatty).setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
@@ -82,7 +92,7 @@ def main() -> None:
 
     from engine.batch_size import choose as choose_batch
     from engine.blobs import LocalBlobs
-    from engine.pipelines import load
+    from engine.models import Models, load_spec
     from engine.worker import Engine
 
     # Leave a core to the bot process: with every core busy, OpenMP threads spin against it
@@ -91,21 +101,28 @@ def main() -> None:
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
 
+    specs = ([protocol.ModelSpec(**spec) for spec in args.models] if args.models
+             else [protocol.ModelSpec(args.model, args.model)])
+    models = Models(specs, lambda spec: load_spec(spec, args.device, args.compile),
+                    int(args.memory * 1e9))
     try:
-        pipelines = load(args.model, args.device, args.dtype, compile_models=args.compile)
+        pipelines = models.get(models.default)
         max_batch = choose_batch(pipelines, args.max_batch)
     except Exception as error:
-        logging.getLogger("engine").exception("could not load %s", args.model)
-        send(protocol.Fatal(f"Could not load the model {args.model}: {error}"))
+        logging.getLogger("engine").exception("could not load %s", specs[0].source)
+        send(protocol.Fatal(f"Could not load the model {specs[0].name}: {error}"))
         sys.exit(1)
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_read_stdin, args=(inbox,), daemon=True, name="stdin").start()
-    engine = Engine(pipelines, LocalBlobs(args.blobs), max_batch, send, inbox)
+    engine = Engine(models, LocalBlobs(args.blobs), max_batch, send, inbox)
     loaded.set()
-    send(protocol.Ready(args.model, engine.version, str(pipelines.device),
+    send(protocol.Ready(models.default, engine.version, str(pipelines.device),
                         str(pipelines.dtype).removeprefix("torch."),
                         pipelines.settings.min_output_size, max_batch,
-                        pipelines.family.label, tuple(pipelines.family.option_notes())))
+                        pipelines.family.label, tuple(pipelines.family.option_notes()),
+                        tuple(models.specs)))
+    for record in models.loads:  # the default's load, told after Ready like every later one
+        send(record)
     engine.run()
     # Exit at once: a daemon thread blocked reading standard input can otherwise abort the
     # interpreter's shutdown (exit code -6); every message is written already (unbuffered).

@@ -20,6 +20,7 @@ from diffusers import (
 )
 
 from engine.families import RANDOM_MODELS, Family, ModelSettings, build_random, family_of
+from engine.memory_modes import MemoryModeError, apply_offload, check_offload, quantization
 from engine.params import Params
 from engine.shapes import MODEL_DIR as SHAPES_DIR
 from engine.shapes import SD3_MODEL_DIR as SHAPES_SD3_DIR
@@ -41,12 +42,15 @@ class Pipelines:
     dtype: torch.dtype
     family: Family
     compiled: bool = False  # the denoiser runs through torch.compile
+    configured: Params = Params()  # engine.models' defaults for this model, over the family's
+    offload: str = "none"  # weights kept in CPU RAM and brought to the GPU as used
 
     @property
     def defaults(self) -> Params:
         """The model's own defaults, the last layer a job's parameters resolve from."""
-        return Params(steps=self.settings.default_steps, cfg=self.settings.default_guidance,
-                      checkpoint=self.checkpoint)
+        return self.configured.resolve(Params(steps=self.settings.default_steps,
+                                              cfg=self.settings.default_guidance,
+                                              checkpoint=self.checkpoint))
 
     def for_kind(self, kind: str) -> DiffusionPipeline:
         """The pipeline for a job's kind; a ValueError the user can read when there is none."""
@@ -134,18 +138,35 @@ def absent_components(folder: Path | None) -> dict[str, None]:
 
 
 def load(spec: str, device_setting: str = "auto", dtype_setting: str = "auto",
-         compile_models: bool = False) -> Pipelines:
+         compile_models: bool = False, *, quantize: str = "none", offload: str = "none",
+         config: str = "") -> Pipelines:
+    """Load a model's pipelines onto the device, quantized and offloaded as asked
+    (engine/memory_modes.py)."""
     source = resolve_model(spec)
     device = pick_device(device_setting)
-    dtype = pick_dtype(dtype_setting, device, spec)
+    dtype = pick_dtype(dtype_setting, device, config or spec)
     folder = Path(source) if Path(source).is_dir() else None
-    log.info("loading %s on %s (%s)", spec, device, dtype)
+    check_offload(offload, device)
+    log.info("loading %s on %s (%s%s%s)", spec, device, dtype,
+             "" if quantize == "none" else f", {quantize}",
+             "" if offload == "none" else f", offload {offload}")
+    quantized = quantization(quantize, pipeline_class(config or spec), device, dtype)
+    extra = {"quantization_config": quantized} if quantized else {}
     if spec in RANDOM_MODELS:
+        if quantized:
+            raise MemoryModeError("random: models are built, not loaded: they cannot be "
+                                  "quantized (load a saved copy instead)")
         text2img = build_random(spec, device, dtype)
+    elif Path(source).is_file():
+        text2img = _single_file(Path(source), config, dtype, extra)
     else:
         text2img = AutoPipelineForText2Image.from_pretrained(source, dtype=dtype,
-                                                             **absent_components(folder))
-    text2img.to(device)
+                                                             **absent_components(folder),
+                                                             **extra)
+    if offload == "none":
+        text2img.to(device)
+    else:
+        apply_offload(text2img, offload, device)
     family = family_of(text2img)
     settings = read_settings(family, folder)
     family.call = settings.call
@@ -165,10 +186,21 @@ def load(spec: str, device_setting: str = "auto", dtype_setting: str = "auto",
         if pipe is not None:
             pipe.set_progress_bar_config(disable=True)
     pipelines = Pipelines(spec, text2img, img2img, inpaint, settings, device, dtype, family,
-                          compile_models)
+                          compile_models, offload=offload)
     if compile_models:
         warm_up(pipelines)
     return pipelines
+
+
+def _single_file(path: Path, config: str, dtype: torch.dtype, extra: dict) -> DiffusionPipeline:
+    """A checkpoint in one .safetensors file (as shared on model sites), loaded with
+    from_single_file; `config` is a local folder of its diffusers configs (model_index.json
+    and each component's config), so no download is needed to read it."""
+    import diffusers
+
+    name = pipeline_class(config) if config else "StableDiffusionPipeline"
+    cls = getattr(diffusers, name or "StableDiffusionPipeline")
+    return cls.from_single_file(str(path), config=config or None, torch_dtype=dtype, **extra)
 
 
 def _derived(auto: type, text2img: DiffusionPipeline) -> DiffusionPipeline | None:

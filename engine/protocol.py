@@ -27,6 +27,21 @@ class Job:
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """One named model the engine may load: where from, and how to fit it in memory."""
+
+    name: str
+    source: str  # bundled:NAME, random:FAMILY, a folder, a hub id, a single .safetensors file
+    dtype: str = "auto"
+    quantize: str = "none"  # none, 8bit, 4bit (bitsandbytes, CUDA), int8-weights (torchao)
+    offload: str = "none"  # none, model, sequential, group (CUDA)
+    config: str = ""  # a single file's diffusers config folder (offline machines)
+    steps: int | None = None  # this model's defaults, over its family's
+    cfg: float | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Cancel:
     job_id: int
 
@@ -46,10 +61,11 @@ class Adapter:
 
 @dataclass(frozen=True)
 class UseVersion:
-    """Generate from now on with these LoRAs stacked on the base model (none: the base)."""
+    """Generate from now on with these LoRAs stacked on the model (none: the base)."""
 
     version: str
     chain: tuple[Adapter, ...] = ()
+    checkpoint: str = ""  # which model ("": the default one)
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,7 @@ class Train:
     rank: int
     learning_rate: float = 1e-3
     seed: int = 0
+    checkpoint: str = ""  # which model ("": the default one)
 
 
 @dataclass(frozen=True)
@@ -98,6 +115,20 @@ class Ready:
     max_batch: int = 1  # most images the engine generates at once
     family: str = ""  # the model family, as people call it ("Stable Diffusion XL")
     option_notes: tuple[str, ...] = ()  # how this family takes --cfg and --no, where it differs
+    models: tuple[str, ...] = ()  # every model this engine may load, the default first
+
+
+@dataclass(frozen=True)
+class ModelLoaded:
+    """A model was put on the device: from disk or from CPU RAM, and what that moved out."""
+
+    name: str
+    came_from: str  # "disk" or "cpu"
+    seconds: float
+    device_bytes: int  # the models on the device take this much now
+    native_size: int
+    family: str
+    evicted: tuple[str, ...] = ()  # moved to CPU RAM (or, on the CPU, dropped) to make room
 
 
 @dataclass(frozen=True)
@@ -157,6 +188,7 @@ class Failed:
 @dataclass(frozen=True)
 class VersionActive:
     version: str
+    checkpoint: str = ""
 
 
 @dataclass(frozen=True)
@@ -187,19 +219,21 @@ class TrainFailed:
 
 
 ToEngine = Job | Cancel | Shutdown | UseVersion | Train | CancelTrain
-FromEngine = (Loading | Ready | Started | Progress | Result | Failed | Fatal | VersionActive
-              | TrainProgress | TrainDone | TrainFailed)
+FromEngine = (Loading | Ready | ModelLoaded | Started | Progress | Result | Failed | Fatal
+              | VersionActive | TrainProgress | TrainDone | TrainFailed)
 
 _TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (Job, Cancel, Shutdown, UseVersion, Train, CancelTrain, Loading, Ready, Started,
-                Progress, Result, Failed, Fatal, VersionActive, TrainProgress, TrainDone,
-                TrainFailed)
+    for cls in (Job, Cancel, Shutdown, UseVersion, Train, CancelTrain, Loading, Ready,
+                ModelLoaded, Started, Progress, Result, Failed, Fatal, VersionActive,
+                TrainProgress, TrainDone, TrainFailed)
 }
 # Fields that hold records or tuples: JSON brings them back as dicts and lists.
 _PARAMS = {(Job, "params"), (Started, "params")}
 _NESTED: dict[tuple[type, str], type | None] = {
     (Ready, "option_notes"): None,
+    (Ready, "models"): None,
+    (ModelLoaded, "evicted"): None,
     (Result, "images"): ImageBlob,
     (UseVersion, "chain"): Adapter,
     (Train, "parents"): Adapter,

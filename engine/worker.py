@@ -30,6 +30,7 @@ from engine.blobs import BlobMissing, LocalBlobs
 from engine.families.base import accepts
 from engine.fused_lora import FusedAdapters
 from engine.lora import Adapters, LoraTrainer
+from engine.models import Models
 from engine.params import Params
 from engine.pipelines import Pipelines, fit_size
 
@@ -40,6 +41,9 @@ TRAIN_SLICE_SECONDS = 0.5
 # After an out-of-memory error lowered a kind of job's batches, this many batches run at the
 # lower limit before twice as many are tried again: the pressure may have been passing.
 RECOVERY_BATCHES = 20
+# Jobs for the model on the device may go before an older job for another model (a switch
+# costs seconds) until that job has waited this long.
+MODEL_PATIENCE = 10.0
 SAFETY_REFUSAL = ("The model's own safety checker flagged this picture, so it was not kept. "
                   "Please try another prompt.")
 Control = protocol.UseVersion | protocol.Train | protocol.CancelTrain
@@ -79,10 +83,11 @@ Slot = tuple[Plan, int]  # one image of a job: (plan, index within the job)
 
 
 class Engine:
-    def __init__(self, pipelines: Pipelines, blobs: LocalBlobs, max_batch: int,
+    def __init__(self, models: Models | Pipelines, blobs: LocalBlobs, max_batch: int,
                  send: Callable[[protocol.FromEngine], None],
                  inbox: queue.Queue[protocol.ToEngine]) -> None:
-        self.pipes = pipelines
+        self.models = models if isinstance(models, Models) else Models.single(models)
+        self.models.send = send  # each later load is reported as it happens
         self.blobs = blobs
         self.max_batch = max_batch
         # Lowered for a kind of job after a batch of it ran out of device memory, and raised
@@ -95,11 +100,13 @@ class Engine:
         self.inbox = inbox
         self.plans: dict[int, Plan] = {}
         self.slots: deque[Slot] = deque()
+        # Jobs for a model that is not on the device, oldest first, with when they came.
+        self.unplanned: deque[tuple[protocol.Job, float]] = deque()
         self.stopping = False
-        # A compiled denoiser gets versions merged into its weights: peft layers would make
-        # every switch compile again.
-        adapters = FusedAdapters if pipelines.compiled else Adapters
-        self.adapters = adapters(pipelines.family.module, blobs)
+        # Each model's LoRAs, and the version each is to generate with (applied again when a
+        # model moved out comes back).
+        self.model_adapters: dict[str, Adapters] = {}
+        self.versions: dict[str, protocol.UseVersion] = {}
         self.trainer: LoraTrainer | None = None
         # Version switches and training commands wait for the end of the current batch, so
         # a batch never changes model half way.
@@ -107,10 +114,12 @@ class Engine:
 
     def run(self) -> None:
         while not self.stopping:
-            idle = not self.slots and not self.control and self.trainer is None
+            idle = (not self.slots and not self.unplanned and not self.control
+                    and self.trainer is None)
             self.take_messages(block=idle)
             while self.control and not self.stopping:
                 self.apply(self.control.popleft())
+            self.plan_waiting()
             if self.slots and not self.stopping:
                 self.run_batch(self.next_batch())
             if self.trainer is not None and not self.stopping:
@@ -122,8 +131,10 @@ class Engine:
         between steps (so a Cancel put there stops a job)."""
         for job in jobs:
             self.accept(job)
-        while self.slots:
-            self.run_batch(self.next_batch())
+        while self.slots or self.unplanned:
+            self.plan_waiting()
+            if self.slots:
+                self.run_batch(self.next_batch())
 
     # ---- messages ------------------------------------------------------------------------
 
@@ -144,11 +155,17 @@ class Engine:
             else:
                 self.control.append(message)
 
-    def accept(self, job: protocol.Job) -> None:
-        """Plan a new job, or answer it at once. Called between steps of a running batch too,
-        so nothing planning raises may escape into that batch."""
+    def accept(self, job: protocol.Job, first: bool = False) -> None:
+        """Plan a new job (or keep it for when its model is on the device), or answer it at
+        once. Called between steps of a running batch too, so nothing planning raises may
+        escape into that batch, and no model is loaded here."""
         try:
-            plan = self.plan(job)
+            name = self.models.name_of(job.params.checkpoint)
+            pipes = self.models.peek(name)
+            if pipes is None:
+                self.unplanned.append((job, time.monotonic()))
+                return
+            plan = self.plan(job, pipes)
         except (ValueError, OSError) as error:
             self.send(protocol.Failed(job.job_id, str(error), "bad_request"))
             return
@@ -158,30 +175,89 @@ class Engine:
                                       f"{error}", "failed"))
             return
         self.plans[job.job_id] = plan
-        self.slots.extend((plan, index) for index in range(plan.params.n))
+        slots = [(plan, index) for index in range(plan.params.n)]
+        if first:
+            self.slots.extendleft(reversed(slots))
+        else:
+            self.slots.extend(slots)
 
-    def plan(self, job: protocol.Job) -> Plan:
+    def plan_waiting(self) -> None:
+        """Plan the waiting jobs whose model is on the device. Another model is brought in
+        when nothing planned is left, or when its oldest job has waited MODEL_PATIENCE: jobs
+        for the model in memory may go first (a switch costs seconds), but not for long."""
+        waiting, self.unplanned = self.unplanned, deque()
+        for job, since in waiting:
+            if self.models.loaded(self._model(job)):
+                self.accept(job)
+            else:
+                self.unplanned.append((job, since))
+        if not self.unplanned or self.stopping:
+            return
+        job, since = self.unplanned[0]
+        overdue = time.monotonic() - since >= MODEL_PATIENCE
+        if self.slots and not overdue:
+            return
+        name = self._model(job)
+        theirs = [entry for entry in self.unplanned if self._model(entry[0]) == name]
+        self.unplanned = deque(e for e in self.unplanned if self._model(e[0]) != name)
+        try:
+            self.pipes_of(name)
+        except Exception as error:
+            log.exception("could not load the model %s", name)
+            for waiting_job, _ in theirs:
+                self.send(protocol.Failed(waiting_job.job_id, f"The model {name} could not be "
+                                          f"loaded: {error}", "failed"))
+            return
+        # Overdue: ahead of the other model's planned jobs, still in their own order.
+        for waiting_job, _ in reversed(theirs) if overdue else theirs:
+            self.accept(waiting_job, first=overdue)
+
+    def _model(self, job: protocol.Job) -> str:
+        return self.models.name_of(job.params.checkpoint)
+
+    def pipes_of(self, name: str) -> Pipelines:
+        """The model on the device (loaded or brought back as needed; only between batches),
+        generating with its active version."""
+        pinned = frozenset([self.trainer.pipes.checkpoint]) if self.trainer else frozenset()
+        pipes = self.models.get(name, pinned)
+        adapters = self.model_adapters.get(name)
+        if adapters is None or adapters.denoiser is not pipes.family.module:
+            # A compiled denoiser gets versions merged into its weights: peft layers would
+            # make every switch compile again.
+            kind = FusedAdapters if pipes.compiled else Adapters
+            adapters = self.model_adapters[name] = kind(pipes.family.module, self.blobs)
+            if name in self.versions:
+                self._use_version(adapters, self.versions[name])
+        return pipes
+
+    def adapters_of(self, name: str) -> Adapters:
+        self.pipes_of(name)
+        return self.model_adapters[name]
+
+    @property
+    def adapters(self) -> Adapters:
+        """The default model's LoRAs."""
+        return self.adapters_of(self.models.default)
+
+    def plan(self, job: protocol.Job, pipes: Pipelines) -> Plan:
         given = job.params
-        if given.checkpoint not in (None, self.pipes.checkpoint):
-            raise ValueError(f"The model {given.checkpoint} is not loaded; this engine runs "
-                             f"{self.pipes.checkpoint}.")
-        unsupported = self.pipes.family.unsupported(self.pipes.for_kind(given.kind),
-                                                    given.negative or "", given.cfg)
+        unsupported = pipes.family.unsupported(pipes.for_kind(given.kind),
+                                               given.negative or "", given.cfg)
         if unsupported:
             raise ValueError(unsupported)
-        params = given.resolve(self.pipes.defaults).complete()
+        params = given.resolve(pipes.defaults).complete()
         if params.seed is None:
             raise ValueError("This job has no seed; the bot chooses one for every job.")
         if params.kind == "txt2img":
             params = dataclasses.replace(params, strength=None, image=None, mask=None)
-            width, height = fit_size(params.aspect, self.pipes.settings)
+            width, height = fit_size(params.aspect, pipes.settings)
         else:
             with Image.open(self._file(params.image)) as image:
-                width, height = fit_size(image.size, self.pipes.settings)
+                width, height = fit_size(image.size, pipes.settings)
             if params.kind == "inpaint":
                 self._file(params.mask)
         return Plan(job.job_id, params, width, height,
-                    options=self.pipes.family.batch_options(params.negative))
+                    options=pipes.family.batch_options(params.negative))
 
     def _file(self, key: str | None) -> Path:
         """The blob `key` names, checked before a batch could fail on it."""
@@ -313,19 +389,19 @@ class Engine:
     def generate(self, batch: list[Slot]) -> list[Image.Image | None]:
         """The batch's images; None for one the model's own safety checker flagged."""
         plan = batch[0][0]
+        pipes = self.pipes_of(plan.params.checkpoint)
         jobs = [p.params for p, _ in batch]
         arguments = dict(
-            **self.pipes.family.call_arguments([job.prompt for job in jobs],
-                                               [job.negative for job in jobs],
-                                               plan.params.cfg),
-            **self.pipes.settings.call,
+            **pipes.family.call_arguments([job.prompt for job in jobs],
+                                          [job.negative for job in jobs], plan.params.cfg),
+            **pipes.settings.call,
             num_inference_steps=plan.params.steps,
             # CPU generators give the same noise on every device, so a seed means one image.
             generator=[torch.Generator("cpu").manual_seed(p.params.seed + i) for p, i in batch],
             callback_on_step_end=self.step_callback(batch),
         )
         kind = plan.params.kind
-        pipe = self.pipes.for_kind(kind)
+        pipe = pipes.for_kind(kind)
         if kind == "txt2img":
             arguments.update(width=plan.width, height=plan.height)
         else:
@@ -389,24 +465,27 @@ class Engine:
         if len(plan.images) == params.n:
             del self.plans[plan.job_id]
             images = tuple(plan.images[i] for i in range(params.n))
+            version = self.model_adapters[params.checkpoint].version
             self.send(protocol.Result(plan.job_id, images, round(plan.engine_seconds, 4),
-                                      self.version))
+                                      version))
 
     @property
     def version(self) -> str:
-        """The LoRA version generation uses ("base": none)."""
+        """The LoRA version the default model generates with ("base": none)."""
         return self.adapters.version
 
     # ---- versions and training -----------------------------------------------------------
 
     def apply(self, message: Control) -> None:
         if isinstance(message, protocol.UseVersion):
-            try:
-                self.adapters.use(message.version, message.chain)
-                self.adapters.for_generation()
-            except Exception:
-                log.exception("could not switch to %s", message.version)
-            self.send(protocol.VersionActive(self.adapters.version))
+            name = self.models.name_of(message.checkpoint)
+            self.versions[name] = message
+            adapters = self.model_adapters.get(name) if self.models.loaded(name) else None
+            if adapters is None:  # applied when the model is next on the device
+                self.send(protocol.VersionActive(message.version, name))
+                return
+            self._use_version(adapters, message)
+            self.send(protocol.VersionActive(adapters.version, name))
         elif isinstance(message, protocol.Train):
             self.start_training(message)
         elif self.trainer is not None and self.trainer.request.run_id == message.run_id:
@@ -414,17 +493,30 @@ class Engine:
             self.training_ended()
             self.send(protocol.TrainFailed(message.run_id, "Cancelled.", cancelled=True))
 
+    @staticmethod
+    def _use_version(adapters: Adapters, switch: protocol.UseVersion) -> None:
+        try:
+            adapters.use(switch.version, switch.chain)
+            adapters.for_generation()
+        except Exception:
+            log.exception("could not switch to %s", switch.version)
+
     def start_training(self, request: protocol.Train) -> None:
         if self.trainer is not None:
             self.send(protocol.TrainFailed(request.run_id, "Another retraining is running."))
             return
+        adapters = None
         try:
-            self.trainer = LoraTrainer(self.pipes, self.adapters, request)
+            name = self.models.name_of(request.checkpoint)
+            pipes = self.pipes_of(name)
+            adapters = self.model_adapters[name]
+            self.trainer = LoraTrainer(pipes, adapters, request)
         except Exception as error:
             log.exception("could not start training %s", request.version)
-            with contextlib.suppress(Exception):
-                self.adapters.drop(request.version)
-            self.adapters.for_generation()
+            if adapters is not None:
+                with contextlib.suppress(Exception):
+                    adapters.drop(request.version)
+                adapters.for_generation()
             self.send(protocol.TrainFailed(request.run_id, f"Could not start: {error}"))
 
     def train_slice(self) -> None:
@@ -444,9 +536,11 @@ class Engine:
             self.send(protocol.TrainFailed(request.run_id, f"Training failed: {error}"))
             return
         self.training_ended()
-        self.adapters.use(request.version,
-                          request.parents + (protocol.Adapter(request.version, key),))
-        self.adapters.for_generation()
+        name = trainer.pipes.checkpoint
+        switch = protocol.UseVersion(
+            request.version, request.parents + (protocol.Adapter(request.version, key),), name)
+        self.versions[name] = switch
+        self._use_version(trainer.adapters, switch)
         self.send(protocol.TrainDone(request.run_id, request.version, key, trainer.loss,
                                      round(trainer.seconds, 2)))
 

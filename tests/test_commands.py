@@ -72,6 +72,7 @@ def test_commands_describe_every_command_in_one_line():
         "help",
         "retrain",
         "model",
+        "models",
     }
     for name, description in COMMANDS.items():
         # Telegram's setMyCommands: lowercase names up to 32 chars, descriptions 3-256.
@@ -832,7 +833,8 @@ def test_retrain_unknown_action():
 
 def test_retrain_unknown_option():
     message = error_of("/retrain --lr 0.1")
-    assert message == "Unknown option --lr for /retrain. Options: --steps, --min-score, --rank."
+    assert message == ("Unknown option --lr for /retrain. Options: --steps, --min-score, --rank, "
+                       "--model.")
 
 
 # ---------------------------------------------------------------------------
@@ -871,5 +873,5 @@ def test_model_unknown_action(text):
 
 def test_model_takes_no_options():
     assert error_of("/model --version 3") == (
-        "Unknown option --version for /model. /model takes no options."
+        "Unknown option --version for /model. Options: --model."
     )

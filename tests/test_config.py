@@ -12,6 +12,7 @@ import yaml
 import bot.config
 from bot.config import (
     AUTO_BATCH,
+    DEFAULT_MODELS,
     AdminSettings,
     ConfigError,
     DiscordSettings,
@@ -63,9 +64,11 @@ def defaults_in(folder: Path) -> Settings:
 
 def test_dataclass_defaults_are_the_documented_ones() -> None:
     assert EngineSettings() == EngineSettings(
-        model="bundled:shapes", device="auto", max_batch=AUTO_BATCH, dtype="auto",
-        compile=False
+        model="shapes", models=DEFAULT_MODELS, device="auto", max_batch=AUTO_BATCH,
+        dtype="auto", compile=False, memory=0.0
     )
+    assert {name: m.source for name, m in DEFAULT_MODELS.items()} == {
+        "shapes": "bundled:shapes", "shapes-sd3": "bundled:shapes-sd3"}
     assert StorageSettings() == StorageSettings(Path("data/canvas.db"), Path("data/images"))
     assert LimitSettings() == LimitSettings(3, 100, 1000, 10_000_000, 16_777_216, (), False)
     assert Settings().log_level == "INFO"
@@ -436,3 +439,40 @@ def test_token_value_absent_from_error_messages(tmp_path: Path, text: str) -> No
     while shown is not None:  # the traceback also prints chained exceptions, unless suppressed
         assert SECRET not in str(shown)
         shown = None if shown.__suppress_context__ else shown.__context__
+
+
+# --- named models ----------------------------------------------------------------------------
+
+
+def test_named_models_with_their_memory_modes_and_defaults(tmp_path: Path) -> None:
+    settings = load(tmp_path, "engine:\n  model: fast\n  memory: 6.5\n  models:\n"
+                    "    fast: {source: bundled:shapes, defaults: {steps: 8, cfg: 2.5}}\n"
+                    "    big: {source: my/flux, quantize: 4bit, offload: model,"
+                    " description: FLUX}\n"
+                    "    file: {source: ./sd.safetensors, config: ./sd-config}\n")
+    engine = settings.engine
+    assert list(engine.catalogue) == ["fast", "big", "file"] and engine.memory == 6.5
+    assert (engine.models["fast"].defaults.steps, engine.models["fast"].defaults.cfg) == (8, 2.5)
+    assert (engine.models["big"].quantize, engine.models["big"].offload) == ("4bit", "model")
+    assert engine.models["file"].config == tmp_path / "sd-config"
+
+
+def test_a_bare_source_in_engine_model_is_the_only_model_as_before(tmp_path: Path) -> None:
+    engine = load(tmp_path, "engine:\n  model: my/model\n").engine
+    assert list(engine.catalogue) == ["my/model"]
+    assert engine.catalogue["my/model"].source == "my/model"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("engine:\n  model: other\n  models:\n    a: {source: bundled:shapes}\n",
+     "engine.model: 'other' is not one of engine.models (a)"),
+    ("engine:\n  models:\n    a: {source: x, quantize: 3bit}\n  model: a\n",
+     "engine.models.a.quantize: must be one of none, 8bit, 4bit, int8-weights (got '3bit')"),
+    ("engine:\n  models:\n    a: {description: no source}\n  model: a\n",
+     "engine.models.a.source: must be given"),
+    ("engine:\n  models:\n    a: {source: x, defaults: {steps: 0}}\n  model: a\n",
+     "engine.models.a.defaults.steps: must be a whole number from 1 to 100 (got 0)"),
+    ("engine:\n  memory: lots\n", "engine.memory: must be auto or a number >= 0.001 (got 'lots')"),
+])
+def test_bad_models_are_refused_with_the_key(tmp_path: Path, text: str, message: str) -> None:
+    assert error(tmp_path, text) == message

@@ -149,4 +149,4 @@ def test_piped_commands_wait_for_room_instead_of_being_refused(tmp_path):
     assert not [r for r in run.records if r["type"] == "error"]
     assert [len(run.images(job)) for job in range(1, count + 1)] == [1] * count
     assert {image["model"] for job in range(1, count + 1) for image in run.images(job)} == {
-        "bundled:shapes"}
+        "shapes"}

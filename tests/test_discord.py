@@ -44,8 +44,8 @@ ALICE, BOB, ADMIN = 111, 222, 333
 FAST = 3  # steps for jobs whose picture is not looked at
 MAX_IMAGE_BYTES = 200_000
 MAX_IMAGE_PIXELS = 1_000_000
-COMMAND_NAMES = ["imagine", "vary", "inpaint", "rate", "cancel", "queue", "history", "help",
-                 "retrain", "model"]
+COMMAND_NAMES = ["imagine", "vary", "inpaint", "rate", "cancel", "queue", "models", "history",
+                 "help", "retrain", "model"]
 
 
 class World:
@@ -205,11 +205,12 @@ async def test_the_posted_picture_matches_the_prompt(world: World):
     assert_matches(picture(world.red_circle), "circle", "red", "blue")
 
 
-async def test_model_option_autocompletes_the_running_model(world: World):
+async def test_model_option_autocompletes_the_model_names(world: World):
     typed = await world.fake.autocomplete("imagine", ALICE, "model", "sha")
     await world.fake.wait_for(lambda: typed.callback)
-    name = world.service.checkpoint
-    assert typed.callback == {"type": 8, "data": {"choices": [{"name": name, "value": name}]}}
+    names = ["shapes", "shapes-sd3"]  # every configured model whose name has "sha"
+    assert typed.callback == {"type": 8, "data": {"choices": [
+        {"name": name, "value": name} for name in names]}}
 
 
 async def test_several_pictures_come_in_one_message_with_a_vary_button_each(world: World):
@@ -354,7 +355,7 @@ async def test_bad_options_get_an_ephemeral_answer(world: World):
     assert_ephemeral_error(blank, "Please describe the picture")
     wrong_model = await world.answer(await world.fake.slash("imagine", ALICE, prompt="a cat",
                                                             model="sdxl"))
-    assert_ephemeral_error(wrong_model, "'sdxl' is not available")
+    assert_ephemeral_error(wrong_model, "no model 'sdxl'", "shapes, shapes-sd3")
     nothing = await world.answer(await world.fake.slash("vary", ALICE))
     assert_ephemeral_error(nothing, "Which picture should I vary?")
 

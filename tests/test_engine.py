@@ -238,10 +238,10 @@ def test_a_job_that_cannot_be_planned_mid_batch_is_answered_and_the_batch_goes_o
     harness = Harness(pipelines, tmp_path, max_batch=4)
     real_plan = harness.engine.plan
 
-    def plan(job):
+    def plan(job, pipes):
         if job.job_id == 2:
             raise RuntimeError("something no one expected")
-        return real_plan(job)
+        return real_plan(job, pipes)
 
     harness.engine.plan = plan
     sent_second = []

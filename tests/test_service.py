@@ -154,7 +154,8 @@ async def test_reroll_repeats_the_job_with_a_new_seed(tmp_path):
         same = ("kind", "prompt", "width", "height")
         assert [row[k] for k in same] == [source[k] for k in same]
         asked, resolved = Params.from_json(row["params"]), Params.from_json(row["resolved"])
-        unseeded = {"seed": None}
+        assert asked.checkpoint == "shapes"  # the model that made the source picture
+        unseeded = {"seed": None, "checkpoint": None}
         assert replace(asked, **unseeded) == replace(Params.from_json(source["params"]),
                                                      **unseeded)
         assert replace(resolved, **unseeded) == replace(Params.from_json(source["resolved"]),
@@ -192,7 +193,7 @@ async def test_admin_commands_are_refused_to_others(tmp_path):
         assert refused.error and "only the bot's admins" in refused.text
         admin = await bot.say(User("telegram", "42"), "/model list")
         assert not admin.error
-        assert admin.text.splitlines() == ["Model versions of bundled:shapes:",
+        assert admin.text.splitlines() == ["Model versions of shapes:",
                                            "base · the model as shipped ← active"]
         assert not (await bot.say(User("console", "me"), "/retrain status")).error
 

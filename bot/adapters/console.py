@@ -149,7 +149,7 @@ class ConsoleAdapter:
                 {"type": "image", "job": job.id, "image": image.id, "path": path,
                  "seed": image.seed, "width": image.width, "height": image.height,
                  "prompt": job.prompt,
-                 "model": job.params.checkpoint or self.service.checkpoint,
+                 "model": (job.resolved or job.params).checkpoint or self.service.checkpoint,
                  "model_version": image.version},
                 f"image #{image.id} (job #{job.id}, seed {image.seed}, {image.width}×"
                 f"{image.height}, {image.version}): {path}",

@@ -23,8 +23,9 @@ _TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "file": disco
 
 async def _complete_checkpoint(interaction: discord.Interaction,
                                current: str) -> list[Choice[str]]:
-    name = service_of(interaction).checkpoint
-    return [Choice(name=name[:100], value=name[:100])] if current.lower() in name.lower() else []
+    names = service_of(interaction).models.names
+    return [Choice(name=name[:100], value=name[:100]) for name in names
+            if current.lower() in name.lower()][:25]  # Discord shows at most 25
 
 
 COMPLETERS: dict[str, Callable[[discord.Interaction, str], Awaitable[list[Choice[str]]]]] = {

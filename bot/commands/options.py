@@ -133,6 +133,9 @@ PICTURES = Option("n", Whole(1, MAX_IMAGES), "How many pictures", flag="n",
                   label="number of pictures ({opt})", example="--n 4")
 CHECKPOINT = Option("model", Name(), "Model to draw with", flag="model", field="checkpoint",
                     label="model name", example="--model sdxl-base", complete="checkpoints")
+OF_MODEL = Option("model", Name(), "Which model (default: the default one)", flag="model",
+                  field="checkpoint", label="model name", example="--model sdxl-base",
+                  complete="checkpoints")
 
 VARY_IMAGE = Option("image", File(), "A picture to vary (or give the id of one of mine)")
 VARY_ID = Option("id", Id(), "The id of one of my pictures, like 12 or #12", field="image_id",
@@ -172,7 +175,8 @@ VERSION = Option("version", Name(), "Version to use", label="model version", hin
 
 def _retrain_rules(values: dict[str, Any]) -> None:
     action = values["action"]
-    if action != "start" and any(o.name in values for o in (TRAIN_STEPS, MIN_SCORE, RANK)):
+    if action != "start" and any(o.name in values for o in (TRAIN_STEPS, MIN_SCORE, RANK,
+                                                             OF_MODEL)):
         raise CommandError(f"/retrain {action} takes no options.")
 
 
@@ -214,17 +218,21 @@ _COMMANDS = (
                   "on its own it cancels your latest job.",
             more="Without a number: your latest one."),
     Command("queue", "Show the jobs waiting and running", rq.ShowQueue),
+    Command("models", "List the models to draw with", rq.ShowModels,
+            more="Use one with /imagine ... --model <name>."),
     Command("history", "Show your recent pictures", rq.History),
     Command("help", "Show every command and its options", rq.Help, aliases=("start",),
             anything=True),  # Telegram sends /start when someone first opens the bot
     Command("retrain", "Fine-tune the model on well-rated pictures", rq.Retrain,
-            (TRAINING, TRAIN_STEPS, MIN_SCORE, RANK), rules=_retrain_rules, admin=True,
+            (TRAINING, TRAIN_STEPS, MIN_SCORE, RANK, OF_MODEL), rules=_retrain_rules,
+            admin=True,
             usage='I don\'t know /retrain "{words}". Use /retrain (with optional {options}), '
                   "/retrain status or /retrain cancel.",
             more="/retrain status shows progress, /retrain cancel stops it."),
-    Command("model", "List model versions or switch to one", rq.ModelCmd, (VERSIONS, VERSION),
+    Command("model", "List model versions or switch to one", rq.ModelCmd,
+            (VERSIONS, VERSION, OF_MODEL),
             usage=_model_usage, rules=_model_rules, admin=True,
-            more="E.g. /model use v3."),
+            more="/model use v3 switches to v3; --model names another model than the default."),
 )
 
 TABLE: dict[str, Command] = {command.name: command for command in _COMMANDS}

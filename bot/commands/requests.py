@@ -60,15 +60,23 @@ class Retrain:
     steps: int | None = None
     min_score: float | None = None
     rank: int | None = None
+    checkpoint: str | None = None  # which model (None: the default one)
 
 
 @dataclass(frozen=True)
 class ModelCmd:
     action: Literal["list", "use"] = "list"
     version: str | None = None
+    checkpoint: str | None = None  # which model (None: the default one)
 
 
-Request = Imagine | Vary | Inpaint | Rate | Cancel | ShowQueue | History | Help | Retrain | ModelCmd
+@dataclass(frozen=True)
+class ShowModels:
+    pass
+
+
+Request = (Imagine | Vary | Inpaint | Rate | Cancel | ShowQueue | History | Help | Retrain
+           | ModelCmd | ShowModels)
 
 
 def imagine(**given: object) -> Imagine:

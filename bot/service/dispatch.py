@@ -9,6 +9,7 @@ import logging
 from bot.learning import Learning
 from bot.service.admission import Admission, Progress
 from bot.service.delivery import Delivery
+from bot.service.models import ModelBoard
 from bot.store import NewImage, Store
 from engine import protocol
 from engine.client import EngineExited
@@ -23,7 +24,8 @@ NO_ENGINE = "The image engine stopped and could not be restarted. Please tell th
 
 class Dispatch:
     def __init__(self, store: Store, engines: EnginePool, admission: Admission,
-                 delivery: Delivery, learning: Learning) -> None:
+                 delivery: Delivery, learning: Learning, models: ModelBoard) -> None:
+        self.models = models
         self.store = store
         self.engines = engines
         self.admission = admission
@@ -72,6 +74,8 @@ class Dispatch:
                 await self.finished(event.job_id)
             case protocol.Failed():
                 await self.fail(event.job_id, event.error, cancelled=event.kind == "cancelled")
+            case protocol.ModelLoaded():
+                await self.models.loaded(event)
             case _:
                 await self.learning.on_event(event)
 
@@ -99,6 +103,7 @@ class Dispatch:
             await self.store.mark_requeued(job_id)
             await self.admission.put_back(await self.store.get_job(job_id))
         await self.learning.engine_died()
+        self.models.forget_device()
         try:
             await self.engines.restart(event.engine)
         except Exception:

@@ -8,7 +8,6 @@ import dataclasses
 import io
 import re
 import secrets
-from collections.abc import Callable
 
 from PIL import Image
 
@@ -16,17 +15,18 @@ from bot import commands as cmd
 from bot.config import Settings
 from bot.errors import UserError
 from bot.images import ImageLimits, open_image, split_image_and_mask
+from bot.service.models import ModelBoard
 from bot.service.types import Attachment
-from bot.store import ImageRow, NewJob, Store
+from bot.store import ImageRow, JobRow, NewJob, Store
 from engine.blobs import key_of
 from engine.params import Params
 
 
 class JobMaker:
-    def __init__(self, settings: Settings, store: Store, checkpoint: Callable[[], str]) -> None:
+    def __init__(self, settings: Settings, store: Store, models: ModelBoard) -> None:
         self.settings = settings
         self.store = store
-        self.checkpoint = checkpoint  # the model the engines run
+        self.models = models
 
     async def imagine(self, user_id: int, request: cmd.Imagine, origin: dict) -> NewJob:
         return self._new(user_id, request.params, origin=origin)
@@ -43,8 +43,10 @@ class JobMaker:
             raise UserError("Which image should I vary? Give its id (for example /vary 12) "
                             "or attach an image.")
         source = await self.image(request.image_id)
-        earlier = (await self.store.get_job(source.job_id)).params
-        params = params.resolve(Params(prompt=earlier.prompt, negative=earlier.negative))
+        job = await self.store.get_job(source.job_id)
+        earlier = job.params
+        params = params.resolve(Params(prompt=earlier.prompt, negative=earlier.negative,
+                                       checkpoint=_ran_on(job)))
         return self._new(user_id, dataclasses.replace(params, image=source.blob),
                          source_image_id=source.id, origin=origin)
 
@@ -62,7 +64,8 @@ class JobMaker:
         """The job that made an image, again, with a new seed (the Reroll button)."""
         source = await self.image(image_id)
         job = await self.store.get_job(source.job_id)
-        return self._new(user_id, dataclasses.replace(job.params, seed=None),
+        return self._new(user_id, dataclasses.replace(job.params, seed=None,
+                                                       checkpoint=_ran_on(job)),
                          source_image_id=job.source_image_id, origin=origin)
 
     async def image(self, image_id: int) -> ImageRow:
@@ -101,9 +104,15 @@ class JobMaker:
                             f"{blocked[0]!r}. Please rephrase.")
 
     def _check_checkpoint(self, checkpoint: str | None) -> None:
-        if checkpoint is not None and checkpoint != self.checkpoint():
-            raise UserError(f"The model {checkpoint!r} is not available; this bot runs "
-                            f"{self.checkpoint()}.")
+        try:
+            self.models.check(checkpoint)
+        except ValueError as error:
+            raise UserError(str(error)) from None
+
+
+def _ran_on(job: JobRow) -> str | None:
+    """The model that made a job's pictures (as asked, if it has not run yet)."""
+    return (job.resolved or job.params).checkpoint
 
 
 def _png(picture: Image.Image) -> tuple[str, bytes]:

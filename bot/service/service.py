@@ -24,6 +24,7 @@ from bot.service.admission import Admission
 from bot.service.delivery import Delivery
 from bot.service.dispatch import Dispatch
 from bot.service.jobs import JobMaker
+from bot.service.models import ModelBoard
 from bot.service.types import OUR_FAULT, Attachment, Deliverer, Reply, User
 from bot.store import ImageRow, Store
 from engine.blobs import LocalBlobs
@@ -43,10 +44,12 @@ class Service:
         self.blobs = blobs
         self.queue = queue or JobQueue()
         self.delivery = Delivery(store)
+        self.models = ModelBoard(store, settings.engine.catalogue, settings.engine.model)
         self.admission = Admission(settings, store, blobs, self.queue, engines, self.is_admin)
         self.learning = Learning(store, engines, settings, self.delivery.announce)
-        self.dispatch = Dispatch(store, engines, self.admission, self.delivery, self.learning)
-        self.jobs = JobMaker(settings, store, lambda: self.checkpoint)
+        self.dispatch = Dispatch(store, engines, self.admission, self.delivery, self.learning,
+                                 self.models)
+        self.jobs = JobMaker(settings, store, self.models)
 
     # ---- start and stop ------------------------------------------------------------------
 
@@ -73,9 +76,8 @@ class Service:
 
     @property
     def checkpoint(self) -> str:
-        """The checkpoint the engines run, as configured."""
-        ready = self.engines.ready
-        return ready.checkpoint if ready else self.settings.engine.model
+        """The default model's name."""
+        return self.settings.engine.model
 
     @property
     def chat_image_size(self) -> int:
@@ -140,6 +142,8 @@ class Service:
                 return await self._cancel(user, user_id, request.job_id)
             case cmd.ShowQueue():
                 return Reply(self.admission.queue_text(user_id))
+            case cmd.ShowModels():
+                return Reply(await self.models.text(admin=self.is_admin(user)))
             case cmd.History():
                 return await self._history(user_id)
             case cmd.Help():

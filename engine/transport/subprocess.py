@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -18,12 +20,21 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EngineOptions:
-    checkpoint: str
+    checkpoint: str  # the default model: its name in `models`, or with none, its source
     device: str
     dtype: str
     max_batch: int  # 0: sized to the device by the engine (engine/batch_size.py)
     blobs: Path  # the blob store's folder, shared with the bot on this machine
     compile: bool = False
+    models: tuple[protocol.ModelSpec, ...] = ()  # the default first
+    memory: float = 0  # GB of device memory for models; 0: what is free, less headroom
+
+    def arguments(self) -> list[str]:
+        models = (["--models", json.dumps([dataclasses.asdict(m) for m in self.models])]
+                  if self.models else ["--model", self.checkpoint])
+        return [*models, "--device", self.device, "--dtype", self.dtype,
+                "--max-batch", str(self.max_batch), "--blobs", str(self.blobs),
+                "--memory", str(self.memory), *(["--compile"] if self.compile else [])]
 
 
 class SubprocessTransport:
@@ -37,11 +48,8 @@ class SubprocessTransport:
         return f"{self.options.checkpoint} (engine process {pid})"
 
     async def open(self) -> None:
-        opts = self.options
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engine", "--model", opts.checkpoint, "--device", opts.device,
-            "--dtype", opts.dtype, "--max-batch", str(opts.max_batch), "--blobs", str(opts.blobs),
-            *(["--compile"] if opts.compile else []),
+            sys.executable, "-m", "engine", *self.options.arguments(),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             env=os.environ.copy(), limit=1 << 20,
         )
