@@ -156,7 +156,7 @@ async def main(images: int, model: str) -> None:
                 busy.append(await bot.latency("a red circle", 21_000 + len(busy)))
             await bot.service.learning.idle()
             train_seconds = (await bot.service.learning.versions.versions(
-                bot.service.learning.base_model))[-1].seconds
+                bot.service.learning.default_model))[-1].seconds
 
             after = await bot.imagine("a circle", range(30_000, 30_000 + images))
             red_after = await bot.imagine("a red circle", range(40_000, 40_000 + images // 2))

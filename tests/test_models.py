@@ -151,3 +151,21 @@ def test_the_quantized_bundled_model_still_draws_what_it_is_told(tmp_path):
     assert len(scores) == 192
     assert colour >= 0.919 and background >= 0.95 and shape >= 0.929, (colour, background,
                                                                          shape)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_a_model_moved_out_leaves_the_allocator_and_comes_back_from_ram():
+    import torch
+
+    specs = [protocol.ModelSpec("shapes", "bundled:shapes"),
+             protocol.ModelSpec("sd3", "bundled:shapes-sd3")]
+    sizes = [footprint(load_spec(spec, "cuda", False)) for spec in specs]
+    cache = Models(specs, lambda spec: load_spec(spec, "cuda", False),
+                   max(sizes) + min(sizes) // 2)
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    cache.get("shapes")
+    cache.get("sd3")
+    assert torch.cuda.memory_allocated() - before <= max(sizes) * 1.1
+    cache.get("shapes")
+    assert cache.loads[-1].came_from == "cpu"
