@@ -30,6 +30,7 @@ from engine.blobs import BlobMissing, LocalBlobs
 from engine.families.base import accepts
 from engine.fused_lora import FusedAdapters
 from engine.lora import Adapters, LoraTrainer
+from engine.memory_modes import apply_offload
 from engine.models import Models
 from engine.params import Params
 from engine.pipelines import Pipelines, fit_size
@@ -352,6 +353,17 @@ class Engine:
             self.run_batch(batch[half:], halves_of_a_split=True)
             return
         plan = batch[0][0]
+        pipes = self.pipes_of(plan.params.checkpoint)
+        if can_offload(pipes):
+            # Once per model: from now on its weights wait in CPU RAM between uses, slower
+            # but within memory, rather than fail here and on every job after.
+            log.warning("out of memory on one image of %dx%d with %s; moving its weights to "
+                        "CPU RAM between uses (offload: model) and trying again", plan.width,
+                        plan.height, pipes.checkpoint)
+            apply_offload(pipes.text2img, "model", pipes.device)
+            pipes.offload = "model"
+            self.run_batch(batch, halves_of_a_split=True)
+            return
         log.error("out of memory on one image of %dx%d", plan.width, plan.height)
         self.fail(plan, f"The image ({plan.width}×{plan.height}, {plan.params.steps} steps) "
                   "does not fit in the device's memory. Try a smaller --ar or fewer --n.")
@@ -543,6 +555,11 @@ class Engine:
         self._use_version(trainer.adapters, switch)
         self.send(protocol.TrainDone(request.run_id, request.version, key, trainer.loss,
                                      round(trainer.seconds, 2)))
+
+
+def can_offload(pipes: Pipelines) -> bool:
+    """Whether a model that ran out of memory can still fall back to offloading."""
+    return pipes.device.type == "cuda" and pipes.offload == "none"
 
 
 def _plans_of(batch: list[Slot]) -> list[Plan]:

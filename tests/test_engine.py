@@ -296,3 +296,36 @@ def test_an_image_the_models_safety_checker_flags_is_refused_with_a_reason(pipel
     [failed] = harness.of_type(protocol.Failed)
     assert failed.job_id == 1 and "safety checker flagged" in failed.error
     assert list(results) == [2]
+
+
+def test_one_image_out_of_memory_falls_back_to_offload_once_then_fails(pipelines, tmp_path,
+                                                                      monkeypatch):
+    """On a GPU, a model whose single image does not fit is offloaded and the image tried
+    again; only if it still does not fit does the job fail. (The offload hooks need CUDA, so
+    here they are stood in for.)"""
+    offloaded: list[str] = []
+    monkeypatch.setattr(worker, "can_offload", lambda pipes: pipes.offload == "none")
+    monkeypatch.setattr(worker, "apply_offload",
+                        lambda pipe, mode, device: offloaded.append(mode))
+    harness = Harness(pipelines, tmp_path, max_batch=1)
+    real_generate = harness.engine.generate
+
+    def tight(batch):  # fits only once offloaded
+        if not offloaded:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_generate(batch)
+
+    harness.engine.generate = tight
+    try:
+        assert 1 in harness.run(job(1, "txt2img", "a red circle", seed=1, steps=3))
+        assert offloaded == ["model"]
+
+        def never(batch):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+        harness.engine.generate = never
+        harness.run(job(2, "txt2img", "a red circle", seed=2, steps=3))
+        [failed] = harness.of_type(protocol.Failed)
+        assert failed.job_id == 2 and "does not fit" in failed.error and offloaded == ["model"]
+    finally:
+        pipelines.offload = "none"  # the module's shared model, for the tests after this one
