@@ -274,6 +274,11 @@ class Engine:
         return path
 
     def cancel(self, job_id: int) -> None:
+        waiting = [entry for entry in self.unplanned if entry[0].job_id == job_id]
+        if waiting:  # still waiting for its model
+            self.unplanned.remove(waiting[0])
+            self.send(protocol.Failed(job_id, "Cancelled.", "cancelled"))
+            return
         plan = self.plans.pop(job_id, None)
         if plan is None:
             return  # finished already, or never seen: nothing to stop

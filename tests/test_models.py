@@ -169,3 +169,14 @@ def test_on_a_gpu_a_model_moved_out_leaves_the_allocator_and_comes_back_from_ram
     assert torch.cuda.memory_allocated() - before <= max(sizes) * 1.1
     cache.get("shapes")
     assert cache.loads[-1].came_from == "cpu"
+
+
+def test_a_job_waiting_for_its_model_can_be_cancelled(tmp_path):
+    cache = models(specs=SPECS[:2])
+    cache.get("shapes")
+    run = Run(cache, tmp_path)
+    run.engine.accept(job(1, "sd3"))
+    run.engine.cancel(1)
+    assert run.of(protocol.Failed) == [protocol.Failed(1, "Cancelled.", "cancelled")]
+    run()
+    assert not run.of(protocol.Started) and not cache.loaded("sd3")
