@@ -3,6 +3,7 @@ SQLite file, checked by what comes out on standard output and what lands in the 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -92,7 +93,8 @@ def test_vary_and_inpaint_and_every_bad_attachment_get_an_answer(tmp_path):
     assert "not an image" in replies[6]["error"]
     assert "Cannot read the image" in replies[7]["error"]
     assert "no image #99" in replies[8]["error"]
-    assert replies[9]["text"] == "Queued job #6, position 5."
+    # Its position depends on how many of jobs 2-5 are done by then: a race, not a rule.
+    assert re.fullmatch(r"Queued job #6, position [1-5]\.", replies[9]["text"])
 
     vary_row = job_row(config.parent / "canvas.db", 2)
     assert (vary_row["kind"], vary_row["prompt"], vary_row["source_image_id"],
