@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot import commands as cmd
 from bot.config import Settings
@@ -24,6 +24,9 @@ from bot.store import Store
 from engine import protocol
 from engine.client import EngineHandle
 from engine.pool import EnginePool
+
+if TYPE_CHECKING:  # bot.service imports this module
+    from bot.service.models import ModelBoard
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,8 @@ Announce = Callable[[str, dict[str, Any], str], Awaitable[None]]
 
 class Learning:
     def __init__(self, store: Store, engines: EnginePool, settings: Settings,
-                 announce: Announce) -> None:
+                 announce: Announce, board: ModelBoard) -> None:
+        self.board = board  # the configured models
         self.store = store
         self.versions = LearningStore(store)
         self.engines = engines
@@ -72,11 +76,11 @@ class Learning:
         return list(self.settings.engine.catalogue)
 
     def model_of(self, asked: str | None) -> str:
-        model = asked or self.default_model
-        if model not in self.models:
-            raise UserError(f"There is no model {model!r}. The models are "
-                            f"{', '.join(self.models)}.")
-        return model
+        try:
+            self.board.check(asked)
+        except ValueError as error:
+            raise UserError(str(error)) from None
+        return asked or self.default_model
 
     async def start(self) -> None:
         """After the first engine start: record each model's base version, close runs a

@@ -46,7 +46,7 @@ class Service:
         self.delivery = Delivery(store)
         self.models = ModelBoard(store, settings.engine.catalogue, settings.engine.model)
         self.admission = Admission(settings, store, blobs, self.queue, engines, self.is_admin)
-        self.learning = Learning(store, engines, settings, self.delivery.announce)
+        self.learning = Learning(store, engines, settings, self.delivery.announce, self.models)
         self.dispatch = Dispatch(store, engines, self.admission, self.delivery, self.learning,
                                  self.models)
         self.jobs = JobMaker(settings, store, self.models)
