@@ -104,10 +104,11 @@ class Engine:
         # Jobs for a model that is not on the device, oldest first, with when they came.
         self.unplanned: deque[tuple[protocol.Job, float]] = deque()
         self.stopping = False
-        # Each model's LoRAs, and the version each is to generate with (applied again when a
-        # model moved out comes back).
+        # Each model's LoRAs; the version each is to generate with, and the one its LoRAs were
+        # last put on (a switch for a model that is moved out is applied when it comes back).
         self.model_adapters: dict[str, Adapters] = {}
         self.versions: dict[str, protocol.UseVersion] = {}
+        self.applied: dict[str, protocol.UseVersion] = {}
         self.trainer: LoraTrainer | None = None
         # Version switches and training commands wait for the end of the current batch, so
         # a batch never changes model half way.
@@ -222,13 +223,15 @@ class Engine:
         pinned = frozenset([self.trainer.pipes.checkpoint]) if self.trainer else frozenset()
         pipes = self.models.get(name, pinned)
         adapters = self.model_adapters.get(name)
-        if adapters is None or adapters.denoiser is not pipes.family.module:
+        if adapters is None or adapters.denoiser is not pipes.family.module:  # (re)loaded
             # A compiled denoiser gets versions merged into its weights: peft layers would
             # make every switch compile again.
             kind = FusedAdapters if pipes.compiled else Adapters
             adapters = self.model_adapters[name] = kind(pipes.family.module, self.blobs)
-            if name in self.versions:
-                self._use_version(adapters, self.versions[name])
+            self.applied.pop(name, None)
+        wanted = self.versions.get(name)
+        if wanted is not None and self.applied.get(name) is not wanted:
+            self._use_version(name, adapters, wanted)
         return pipes
 
     def adapters_of(self, name: str) -> Adapters:
@@ -501,7 +504,7 @@ class Engine:
             if adapters is None:  # applied when the model is next on the device
                 self.send(protocol.VersionActive(message.version, name))
                 return
-            self._use_version(adapters, message)
+            self._use_version(name, adapters, message)
             self.send(protocol.VersionActive(adapters.version, name))
         elif isinstance(message, protocol.Train):
             self.start_training(message)
@@ -510,8 +513,8 @@ class Engine:
             self.training_ended()
             self.send(protocol.TrainFailed(message.run_id, "Cancelled.", cancelled=True))
 
-    @staticmethod
-    def _use_version(adapters: Adapters, switch: protocol.UseVersion) -> None:
+    def _use_version(self, name: str, adapters: Adapters, switch: protocol.UseVersion) -> None:
+        self.applied[name] = switch
         try:
             adapters.use(switch.version, switch.chain)
             adapters.for_generation()
@@ -557,7 +560,7 @@ class Engine:
         switch = protocol.UseVersion(
             request.version, request.parents + (protocol.Adapter(request.version, key),), name)
         self.versions[name] = switch
-        self._use_version(trainer.adapters, switch)
+        self._use_version(name, trainer.adapters, switch)
         self.send(protocol.TrainDone(request.run_id, request.version, key, trainer.loss,
                                      round(trainer.seconds, 2)))
 

@@ -180,3 +180,15 @@ def test_a_job_waiting_for_its_model_can_be_cancelled(tmp_path):
     assert run.of(protocol.Failed) == [protocol.Failed(1, "Cancelled.", "cancelled")]
     run()
     assert not run.of(protocol.Started) and not cache.loaded("sd3")
+
+
+def test_a_version_switch_for_a_model_not_in_memory_applies_when_it_comes_back(tmp_path):
+    sizes = [footprint(load_spec(spec, "cpu", False)) for spec in SPECS[:2]]
+    cache = models(max(sizes) + min(sizes) // 2, SPECS[:2])  # room for one
+    run = Run(cache, tmp_path)
+    run(job(1, "sd3"))  # sd3 in, shapes out
+    run.engine.apply(protocol.UseVersion("v0", (), "shapes"))  # no LoRAs: only the name
+    assert run.of(protocol.VersionActive)[-1] == protocol.VersionActive("v0", "shapes")
+    run(job(2, "shapes"), job(3, "sd3"), job(4, "shapes"))
+    versions = {m.job_id: m.version for m in run.of(protocol.Result)}
+    assert versions == {1: "base", 2: "v0", 3: "base", 4: "v0"}
