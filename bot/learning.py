@@ -69,11 +69,7 @@ class Learning:
 
     @property
     def default_model(self) -> str:
-        return self.settings.engine.model
-
-    @property
-    def models(self) -> list[str]:
-        return list(self.settings.engine.catalogue)
+        return self.board.default
 
     def model_of(self, asked: str | None) -> str:
         try:
@@ -102,7 +98,7 @@ class Learning:
         version, without waiting for its answers: sent before any job, they are applied
         before any job runs."""
         switches = []
-        for model in self.models:
+        for model in self.board.names:
             active = await self.versions.active_version(model)
             if active is not None and active.adapter:
                 switches.append(await self._send_switch(active, engine))
