@@ -187,6 +187,8 @@ class Engine:
         """Plan the waiting jobs whose model is on the device. Another model is brought in
         when nothing planned is left, or when its oldest job has waited MODEL_PATIENCE: jobs
         for the model in memory may go first (a switch costs seconds), but not for long."""
+        if not self.unplanned:
+            return
         waiting, self.unplanned = self.unplanned, deque()
         for job, since in waiting:
             if self.models.loaded(self._model(job)):
