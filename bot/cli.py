@@ -35,7 +35,8 @@ def model_specs(engine: EngineSettings) -> tuple[ModelSpec, ...]:
     return tuple(
         ModelSpec(name, model.source, model.dtype if model.dtype != "auto" else engine.dtype,
                   model.quantize, model.offload, str(model.config or ""),
-                  model.defaults.steps, model.defaults.cfg, model.description)
+                  model.defaults.steps, model.defaults.cfg, model.description,
+                  model.defaults.size)
         for name, model in ((name, catalogue[name]) for name in names))
 
 

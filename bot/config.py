@@ -73,6 +73,9 @@ class ModelDefaults:
 
     steps: int | None = _setting(None, min=1, max=100)
     cfg: float | None = _setting(None, min=0, max=30)
+    # The side of a square image in pixels (other aspects keep its area): over the family's
+    # native size, for a model fine-tuned at another size (SD 1.5 at 768, SDXL-Turbo at 512).
+    size: int | None = _setting(None, min=64, max=4096)
 
 
 @dataclass(frozen=True)

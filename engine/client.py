@@ -50,7 +50,8 @@ class JobSource(Protocol):
 
 
 class EngineHandle:
-    """One engine. `in_flight` lists, oldest first, the jobs it holds; what it says goes to
+    """One engine. `in_flight` lists the jobs it holds in the order it will serve them (as
+    sent, unless it said otherwise: protocol.Order); what it says goes to
     `events`, which several handles may share."""
 
     def __init__(self, transport: Transport, events: asyncio.Queue[Event] | None = None) -> None:
@@ -138,8 +139,18 @@ class EngineHandle:
         if self._reader:
             await self._reader
 
+    def _reorder(self, job_ids: tuple[int, ...]) -> None:
+        """The engine's order first; jobs it has not seen yet (in transit) after, as sent."""
+        named = [job_id for job_id in job_ids if job_id in self.in_flight]
+        seen = set(named)
+        rest = [job_id for job_id in self.in_flight if job_id not in seen]
+        self.in_flight = {job_id: self.in_flight[job_id] for job_id in [*named, *rest]}
+
     async def _read_loop(self) -> None:
         while (message := await self.transport.receive()) is not None:
+            if isinstance(message, protocol.Order):
+                self._reorder(message.job_ids)
+                continue
             finished = isinstance(message, protocol.Result | protocol.Failed)
             if finished and self.in_flight.pop(message.job_id, None) is not None:
                 self._credit.release()

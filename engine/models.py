@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import logging
 import os
@@ -80,6 +81,13 @@ def load_spec(spec: protocol.ModelSpec, device: str, compile_models: bool) -> Pi
                  offload=spec.offload, config=spec.config)
     pipes.checkpoint = spec.name
     pipes.configured = Params(steps=spec.steps, cfg=spec.cfg)
+    if spec.size is not None:
+        multiple = pipes.settings.size_multiple
+        if spec.size % multiple:
+            raise ValueError(f"engine.models.{spec.name}.defaults.size: {spec.size} is not a "
+                             f"multiple of {multiple}, which this model's images must be "
+                             f"(try {max(multiple, round(spec.size / multiple) * multiple)})")
+        pipes.settings = dataclasses.replace(pipes.settings, native_size=spec.size)
     return pipes
 
 

@@ -39,6 +39,7 @@ class ModelSpec:
     steps: int | None = None  # this model's defaults, over its family's
     cfg: float | None = None
     description: str = ""
+    size: int | None = None  # the side of a square image, over the family's native size
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,14 @@ class Started:
 
 
 @dataclass(frozen=True)
+class Order:
+    """The jobs the engine holds, in the order it will serve them (it may serve the model in
+    memory first for a while: engine/worker.py). Sent when that order changes."""
+
+    job_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Progress:
     job_id: int
     step: int
@@ -219,13 +228,13 @@ class TrainFailed:
 
 
 ToEngine = Job | Cancel | Shutdown | UseVersion | Train | CancelTrain
-FromEngine = (Loading | Ready | ModelLoaded | Started | Progress | Result | Failed | Fatal
-              | VersionActive | TrainProgress | TrainDone | TrainFailed)
+FromEngine = (Loading | Ready | ModelLoaded | Order | Started | Progress | Result | Failed
+              | Fatal | VersionActive | TrainProgress | TrainDone | TrainFailed)
 
 _TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (Job, Cancel, Shutdown, UseVersion, Train, CancelTrain, Loading, Ready,
-                ModelLoaded, Started, Progress, Result, Failed, Fatal, VersionActive,
+                ModelLoaded, Order, Started, Progress, Result, Failed, Fatal, VersionActive,
                 TrainProgress, TrainDone, TrainFailed)
 }
 # Fields that hold records or tuples: JSON brings them back as dicts and lists.
@@ -234,6 +243,7 @@ _NESTED: dict[tuple[type, str], type | None] = {
     (Ready, "option_notes"): None,
     (Ready, "models"): None,
     (ModelLoaded, "evicted"): None,
+    (Order, "job_ids"): None,
     (Result, "images"): ImageBlob,
     (UseVersion, "chain"): Adapter,
     (Train, "parents"): Adapter,

@@ -103,6 +103,8 @@ class Engine:
         self.slots: deque[Slot] = deque()
         # Jobs for a model that is not on the device, oldest first, with when they came.
         self.unplanned: deque[tuple[protocol.Job, float]] = deque()
+        # The order the bot believes the held jobs are in: as they came, unless told otherwise.
+        self.told_order: dict[int, None] = {}
         self.stopping = False
         # Each model's LoRAs; the version each is to generate with, and the one its LoRAs were
         # last put on (a switch for a model that is moved out is applied when it comes back).
@@ -122,6 +124,7 @@ class Engine:
             while self.control and not self.stopping:
                 self.apply(self.control.popleft())
             self.plan_waiting()
+            self.tell_order()
             if self.slots and not self.stopping:
                 self.run_batch(self.next_batch())
             if self.trainer is not None and not self.stopping:
@@ -132,9 +135,11 @@ class Engine:
         benchmarks and tests. Messages still go to `send`, and the inbox is still read
         between steps (so a Cancel put there stops a job)."""
         for job in jobs:
+            self.told_order[job.job_id] = None
             self.accept(job)
         while self.slots or self.unplanned:
             self.plan_waiting()
+            self.tell_order()
             if self.slots:
                 self.run_batch(self.next_batch())
 
@@ -148,6 +153,7 @@ class Engine:
                 return
             block = False
             if isinstance(message, protocol.Job):
+                self.told_order[message.job_id] = None
                 self.accept(message)
             elif isinstance(message, protocol.Cancel):
                 self.cancel(message.job_id)
@@ -215,6 +221,22 @@ class Engine:
         # Overdue: ahead of the other model's planned jobs, still in their own order.
         for waiting_job, _ in reversed(theirs) if overdue else theirs:
             self.accept(waiting_job, first=overdue)
+
+    def serving_order(self) -> list[int]:
+        """The held jobs in the order they will be served: planned ones, then those waiting
+        for their model."""
+        planned = dict.fromkeys(plan.job_id for plan, _ in self.slots)
+        return [*planned, *(job.job_id for job, _ in self.unplanned)]
+
+    def tell_order(self) -> None:
+        """Tell the bot when the engine serves its jobs in another order than they came (so
+        /queue shows the real order)."""
+        order = self.serving_order()
+        held = set(order)
+        believed = [job_id for job_id in self.told_order if job_id in held]
+        if believed != order:
+            self.send(protocol.Order(tuple(order)))
+        self.told_order = dict.fromkeys(order)
 
     def _model(self, job: protocol.Job) -> str:
         return self.models.name_of(job.params.checkpoint)

@@ -446,13 +446,15 @@ def test_token_value_absent_from_error_messages(tmp_path: Path, text: str) -> No
 
 def test_named_models_with_their_memory_modes_and_defaults(tmp_path: Path) -> None:
     settings = load(tmp_path, "engine:\n  model: fast\n  memory: 6.5\n  models:\n"
-                    "    fast: {source: bundled:shapes, defaults: {steps: 8, cfg: 2.5}}\n"
+                    "    fast: {source: bundled:shapes, defaults: {steps: 8, cfg: 2.5,"
+                    " size: 768}}\n"
                     "    big: {source: my/flux, quantize: 4bit, offload: model,"
                     " description: FLUX}\n"
                     "    file: {source: ./sd.safetensors, config: ./sd-config}\n")
     engine = settings.engine
     assert list(engine.catalogue) == ["fast", "big", "file"] and engine.memory == 6.5
-    assert (engine.models["fast"].defaults.steps, engine.models["fast"].defaults.cfg) == (8, 2.5)
+    fast = engine.models["fast"].defaults
+    assert (fast.steps, fast.cfg, fast.size) == (8, 2.5, 768)
     assert (engine.models["big"].quantize, engine.models["big"].offload) == ("4bit", "model")
     assert engine.models["file"].config == tmp_path / "sd-config"
 
@@ -472,6 +474,8 @@ def test_a_bare_source_in_engine_model_is_the_only_model_as_before(tmp_path: Pat
      "engine.models.a.source: must be given"),
     ("engine:\n  models:\n    a: {source: x, defaults: {steps: 0}}\n  model: a\n",
      "engine.models.a.defaults.steps: must be a whole number from 1 to 100 (got 0)"),
+    ("engine:\n  models:\n    a: {source: x, defaults: {size: 32}}\n  model: a\n",
+     "engine.models.a.defaults.size: must be a whole number from 64 to 4096 (got 32)"),
     ("engine:\n  memory: lots\n", "engine.memory: must be auto or a number >= 0.001 (got 'lots')"),
 ])
 def test_bad_models_are_refused_with_the_key(tmp_path: Path, text: str, message: str) -> None:

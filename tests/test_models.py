@@ -113,12 +113,23 @@ def test_jobs_for_the_model_in_memory_go_first_but_not_for_long(tmp_path, monkey
     run = Run(cache, tmp_path / "sticky")
     run(*jobs)
     assert [m.job_id for m in run.of(protocol.Started)] == [2, 3, 1]  # no switch in between
+    assert run.of(protocol.Order)[0].job_ids == (2, 3, 1)  # and the bot is told (/queue)
 
     monkeypatch.setattr(worker, "MODEL_PATIENCE", 0.0)  # the sd3 job has waited long enough
     cache.get("shapes")
     run = Run(cache, tmp_path / "patient")
     run(*jobs)
     assert [m.job_id for m in run.of(protocol.Started)][0] == 1
+
+
+def test_a_models_own_size_replaces_its_familys(tmp_path):
+    small = protocol.ModelSpec("small", "bundled:shapes", size=48)
+    run = Run(models(specs=[small]), tmp_path)
+    run(job(1, "small"), job(2, "small", aspect=(2, 1)))
+    assert {(m.width, m.height) for m in run.of(protocol.Started)} == {(48, 48), (64, 32)}
+    assert [image.width for m in run.of(protocol.Result) for image in m.images] == [48, 64]
+    with pytest.raises(ValueError, match=r"not a multiple of \d+.*\(try 48\)"):
+        load_spec(protocol.ModelSpec("odd", "bundled:shapes", size=50), "cpu", False)
 
 
 def test_an_unknown_model_or_one_too_big_is_answered_and_the_engine_goes_on(tmp_path):

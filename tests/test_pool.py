@@ -121,3 +121,16 @@ def test_resolve_takes_the_first_layer_that_gives_each_parameter():
     assert user.resolve(chat, model) == Params(prompt="a fox", steps=12, cfg=5.0,
                                                negative="text", checkpoint="sd3")
     assert Params(kind="inpaint").resolve(Params(kind="txt2img")).kind == "inpaint"
+
+
+async def test_the_engines_own_order_is_the_order_the_bot_shows():
+    transport = MemoryTransport("one")
+    handle = EngineHandle(transport)
+    await handle.start()
+    for job_id in (1, 2, 3):
+        await handle.submit(job(job_id))
+    await transport.says.put(protocol.Order((3, 1)))  # job 2 not yet seen by the engine
+    await until(lambda: list(handle.in_flight) == [3, 1, 2])
+    await transport.says.put(protocol.Result(3, (), 0.1, "base"))
+    await until(lambda: list(handle.in_flight) == [1, 2])
+    await handle.stop()
