@@ -20,8 +20,18 @@ Three parts, one bot process:
 The RSS of the bot process and of its engine child is sampled every 0.5 s from /proc
 throughout; the peaks are reported per part.
 
+With `--redis-workers N` the bot has no engine of its own: a real redis-server is started
+(tests/redis_server.py: append-only, a free port of 127.0.0.1), the bot gets a `queue:` section
+(`local_engine: false`, `lease: --lease`) and N `python -m bot worker --name w<i>` processes
+serve its jobs through Redis Streams. The fairness parts are then skipped unless
+`--light-commands` is given (> 0); the engine column of the memory table counts the workers.
+`--kill-worker-at S` SIGKILLs worker w0 S seconds into the load part: the bot takes back its
+jobs once its lease lapses and the other workers must still answer every command exactly
+once. The summary says how many jobs each worker did (the `worker` column of the bot's jobs).
+
     python -m benchmarks.load                  # 200 users x 3 commands
     python -m benchmarks.load --users 20       # a quick run
+    python -m benchmarks.load --redis-workers 2 --kill-worker-at 20
 
 Exit status 0 when every command was answered exactly once, 1 otherwise.
 """
@@ -35,6 +45,7 @@ import os
 import random
 import re
 import signal
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -226,11 +237,14 @@ class Memory:
 
     pid: int
     samples: list[tuple[float, int, int]] = field(default_factory=list)
+    others: Callable[[], list[int]] = list  # more engine processes (remote workers)
 
     async def run(self, every: float = 0.5) -> None:
         while True:
             bot = rss_kb(self.pid)
             engine = sum(rss_kb(child) for child in descendants(self.pid))
+            engine += sum(rss_kb(other) + sum(rss_kb(child) for child in descendants(other))
+                          for other in self.others())
             self.samples.append((time.monotonic(), bot, engine))
             await asyncio.sleep(every)
 
@@ -247,16 +261,19 @@ class Bot:
     """`python -m bot run` with a config of our own, in a folder of its own."""
 
     def __init__(self, folder: Path, fake: LoadTelegram, max_queue: int, per_user: int,
-                 max_batch: int) -> None:
+                 max_batch: int, queue: dict[str, Any] | None = None) -> None:
         self.folder = folder
         self.log = folder / "bot.log"
         self.config = folder / "config.yaml"
-        self.config.write_text(yaml.safe_dump({
+        config: dict[str, Any] = {
             "engine": {"model": "bundled:shapes", "device": "cpu", "max_batch": max_batch},
             "storage": {"db": "canvas.db", "images": "images"},
             "telegram": {"token": fake.token, "api_base_url": fake.url},
             "limits": {"max_queue": max_queue, "max_waiting_per_user": per_user},
-        }))
+        }
+        if queue is not None:
+            config["queue"] = queue
+        self.config.write_text(yaml.safe_dump(config))
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self, timeout: float = 180) -> int:
@@ -292,6 +309,92 @@ class Bot:
     def problems(self) -> list[str]:
         return [line for line in self.log_text().splitlines()
                 if " ERROR " in line or " CRITICAL " in line or "Traceback" in line]
+
+
+class Workers:
+    """`python -m bot worker --name w<i>` processes serving the bot through Redis."""
+
+    def __init__(self, folder: Path, config: Path) -> None:
+        self.folder = folder
+        self.config = config
+        self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self.killed: list[str] = []
+
+    def log(self, name: str) -> Path:
+        return self.folder / f"{name}.log"
+
+    def log_text(self, name: str) -> str:
+        path = self.log(name)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes.values() if p.returncode is None]
+
+    async def start(self, count: int, timeout: float = 180) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        for index in range(count):
+            name = f"w{index}"
+            with self.log(name).open("wb") as log:
+                self.processes[name] = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "bot", "worker", "--config", str(self.config),
+                    "--name", name, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        for name, process in self.processes.items():
+            while "serving through Redis" not in self.log_text(name):
+                if process.returncode is not None or time.monotonic() > deadline:
+                    tail = "\n".join(self.log_text(name).splitlines()[-30:])
+                    raise RuntimeError(f"worker {name} did not come online (exit status "
+                                       f"{process.returncode}); its log:\n{tail}")
+                await asyncio.sleep(0.2)
+
+    def kill(self, name: str) -> None:
+        process = self.processes.get(name)
+        if process is not None and process.returncode is None:
+            process.kill()
+            self.killed.append(name)
+
+    async def stop(self, timeout: float = 30) -> dict[str, int | None]:
+        """SIGTERM to each one still running, then SIGKILL after `timeout` seconds; the exit
+        status of each (None: it had to be killed)."""
+        for process in self.processes.values():
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        deadline = time.monotonic() + timeout
+        for name, process in self.processes.items():
+            try:
+                codes[name] = await asyncio.wait_for(
+                    process.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                print(f"worker {name} did not stop within {timeout:.0f} s of SIGTERM; "
+                      "killing it")
+                process.kill()
+                await process.wait()
+                codes[name] = None
+        return codes
+
+    def problems(self, name: str) -> list[str]:
+        return [line for line in self.log_text(name).splitlines()
+                if " ERROR " in line or " CRITICAL " in line or "Traceback" in line]
+
+
+async def kill_later(workers: Workers, name: str, after: float) -> None:
+    await asyncio.sleep(after)
+    if name in workers.processes and workers.processes[name].returncode is None:
+        print(f"  {after:g} s into the load: SIGKILL to worker {name} "
+              f"(pid {workers.processes[name].pid})", flush=True)
+        workers.kill(name)
+
+
+def jobs_by_worker(db: Path) -> list[tuple[str, str, int]]:
+    """(worker, status, jobs) from the bot's database; worker '' is the bot's own engine."""
+    if not db.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(db)) as link:
+        return link.execute("SELECT worker, status, COUNT(*) FROM jobs GROUP BY worker, status"
+                            " ORDER BY worker, status").fetchall()
 
 
 # ---- the parts ---------------------------------------------------------------------------
@@ -404,16 +507,32 @@ async def main_async(args: argparse.Namespace) -> Summary:
     fake = LoadTelegram()
     await fake.start()
     folder = Path(tempfile.mkdtemp(prefix="canvas-load-"))
-    bot = Bot(folder, fake, args.max_queue, args.per_user, args.max_batch)
+    redis = None
+    queue: dict[str, Any] | None = None
+    if args.redis_workers > 0:
+        from tests.redis_server import RedisServer
+
+        redis = RedisServer(folder / "redis").start()
+        queue = {"url": redis.url, "local_engine": False, "lease": args.lease}
+        print(f"redis-server on {redis.url} (pid {redis.process.pid})")
+    bot = Bot(folder, fake, args.max_queue, args.per_user, args.max_batch, queue)
+    workers = Workers(folder, bot.config)
     marks: dict[str, tuple[float, float]] = {}
     ok = True
     memory: Memory | None = None
     sampler: asyncio.Task | None = None
+    killer: asyncio.Task | None = None
+    worker_codes: dict[str, int | None] = {}
     try:
         began = time.monotonic()
         pid = await bot.start()
         print(f"bot started in {time.monotonic() - began:.1f} s (pid {pid}); data in {folder}")
-        memory = Memory(pid)
+        if args.redis_workers > 0:
+            began = time.monotonic()
+            await workers.start(args.redis_workers)
+            print(f"{args.redis_workers} workers online through Redis in "
+                  f"{time.monotonic() - began:.1f} s (pids {workers.pids()})")
+        memory = Memory(pid, others=workers.pids)
         sampler = asyncio.create_task(memory.run())
         await asyncio.sleep(1)
         idle = memory.last()
@@ -433,17 +552,26 @@ async def main_async(args: argparse.Namespace) -> Summary:
         print(f"load: {args.users} users x {args.commands} commands over {args.spread:g} s "
               f"({min(args.users, args.groups * args.group_users)} of them in "
               f"{args.groups} groups) ...", flush=True)
+        if args.redis_workers > 0 and args.kill_worker_at is not None:
+            killer = asyncio.create_task(kill_later(workers, "w0", args.kill_worker_at))
         sent, took = await load(fake, args)
         marks["load"] = (t0, time.monotonic())
         after_load = memory.last()
         await asyncio.sleep(1)
     finally:
-        if sampler:
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
-        code = await bot.stop()
-        await fake.stop()
+        for task in (sampler, killer):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        try:
+            code = await bot.stop()
+            if workers.processes:
+                worker_codes = await workers.stop()
+        finally:
+            if redis is not None:
+                redis.kill()
+            await fake.stop()
 
     # -- what every command got
     counts = outcomes(sent)
@@ -501,6 +629,43 @@ async def main_async(args: argparse.Namespace) -> Summary:
         rows.append(["end of load", mb(after_load[0]), mb(after_load[1]), mb(sum(after_load))])
         print(table(rows))
 
+    # -- the workers
+    if args.redis_workers > 0:
+        print()
+        killed = (f"{', '.join(workers.killed)} killed (SIGKILL) {args.kill_worker_at:g} s "
+                  "into the load" if workers.killed else "none killed")
+        if args.kill_worker_at is not None and not workers.killed:
+            killed += f" (the load ended before {args.kill_worker_at:g} s)"
+        print(f"WORKERS: {args.redis_workers} through Redis (lease {args.lease:g} s); {killed}")
+        done: Counter[str] = Counter()
+        other: dict[str, Counter[str]] = {}
+        for worker, status, n in jobs_by_worker(folder / "canvas.db"):
+            if status == "done":
+                done[worker] += n
+            else:
+                other.setdefault(worker, Counter())[status] += n
+        rows = [["worker", "jobs done", "other jobs", "exit status"]]
+        for name in sorted(set(workers.processes) | set(done) | set(other)):
+            label = name or "(the bot's own engine)"
+            status = "-" if name not in worker_codes else (
+                "SIGKILL (by us)" if name in workers.killed else str(worker_codes[name]))
+            rows.append([label, str(done[name]),
+                         ", ".join(f"{s}: {n}" for s, n in other.get(name, {}).items()) or "-",
+                         status])
+        print(table(rows))
+        for name in workers.processes:
+            if name in workers.killed:
+                continue
+            if worker_codes.get(name) != 0:
+                ok = False
+                print(f"  PROBLEM: worker {name} exit status after SIGTERM: "
+                      f"{worker_codes.get(name)}")
+            problems = workers.problems(name)
+            if problems:
+                ok = False
+                print(f"  errors in worker {name}'s log ({len(problems)}), first ones:")
+                print("\n".join("    " + line for line in problems[:10]))
+
     # -- the bot side
     print()
     print(f"Telegram calls: {dict(fake.methods.most_common())}")
@@ -538,8 +703,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-queue", type=int, default=100, help="limits.max_queue")
     parser.add_argument("--per-user", type=int, default=3, help="limits.max_waiting_per_user")
     parser.add_argument("--max-batch", type=int, default=4, help="engine.max_batch")
-    parser.add_argument("--light-commands", type=int, default=10,
-                        help="the light user's commands in each fairness run (0: skip)")
+    parser.add_argument("--light-commands", type=int, default=None,
+                        help="the light user's commands in each fairness run (0: skip; "
+                             "default 10, or 0 with --redis-workers)")
     parser.add_argument("--light-interval", type=float, default=3.0)
     parser.add_argument("--heavy-args", default="--steps 20 --n 4",
                         help="options of the heavy user's /imagine")
@@ -548,7 +714,23 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                              "unanswered")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the bot's folder (log, db)")
-    return parser.parse_args(argv)
+    parser.add_argument("--redis-workers", type=int, default=0, metavar="N",
+                        help="serve the jobs through a real redis-server and N `canvas worker` "
+                             "processes instead of the bot's own engine (0: the bot's engine)")
+    parser.add_argument("--lease", type=float, default=3.0,
+                        help="queue.lease with --redis-workers: seconds before a silent "
+                             "worker's jobs are taken back")
+    parser.add_argument("--kill-worker-at", type=float, default=None, metavar="SECONDS",
+                        help="with --redis-workers: SIGKILL worker w0 this many seconds into "
+                             "the load part")
+    args = parser.parse_args(argv)
+    if args.redis_workers < 0:
+        parser.error("--redis-workers must be 0 or more")
+    if args.kill_worker_at is not None and args.redis_workers <= 0:
+        parser.error("--kill-worker-at needs --redis-workers")
+    if args.light_commands is None:
+        args.light_commands = 0 if args.redis_workers > 0 else 10
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,9 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Protocol
@@ -44,8 +46,43 @@ def build_service(settings: Settings, store: Store) -> Service:
     engine, blobs = settings.engine, blobs_of(settings)
     options = EngineOptions(engine.model, engine.device, engine.dtype, engine.max_batch,
                             blobs.root, engine.compile, model_specs(engine), engine.memory)
-    engines = EnginePool([EngineHandle(SubprocessTransport(options))])
-    return Service(settings, store, engines, blobs)
+    local = [EngineHandle(SubprocessTransport(options))] if settings.queue.local_engine or \
+        not settings.queue.url else []
+    joiner = None
+    if settings.queue.url:
+        from engine.transport.redis import RedisHub  # redis-py only where it is used
+
+        joiner = RedisHub(settings.queue.url, blobs, settings.queue.lease)
+    return Service(settings, store, EnginePool(local, joiner), blobs)
+
+
+def worker_arguments(settings: Settings, device: str | None, name: str | None,
+                     blobs: Path | None) -> list[str]:
+    """`python -m engine` as a remote worker for these settings."""
+    engine = settings.engine
+    options = EngineOptions(engine.model, device or engine.device, engine.dtype,
+                            engine.max_batch, blobs or Path(), engine.compile,
+                            model_specs(engine), engine.memory)
+    arguments = options.arguments()
+    at = arguments.index("--blobs")
+    del arguments[at:at + 2]
+    return [*arguments, *(["--blobs", str(blobs)] if blobs else []),
+            "--worker", "--name", name or socket.gethostname(),
+            "--lease", str(settings.queue.lease)]
+
+
+def run_worker(settings: Settings, device: str | None, name: str | None,
+               blobs: Path | None) -> int:
+    """One engine worker serving the bot through Redis: no chat token, no database."""
+    if not settings.queue.url:
+        print("canvas worker: queue.url is not set; a worker serves a bot through Redis "
+              "(see the README: Growing past one GPU)", file=sys.stderr)
+        return 2
+    command = [sys.executable, "-m", "engine", *worker_arguments(settings, device, name, blobs)]
+    # The URL may hold a password: through the environment, not the command line (ps).
+    os.environ["CANVAS_WORKER_REDIS_URL"] = settings.queue.url
+    os.execv(sys.executable, command)  # the engine process itself; signals reach it directly
+    return 0  # not reached
 
 
 class Component(Protocol):
@@ -125,7 +162,14 @@ def main(argv: list[str] | None = None) -> int:
                                           "(the console when none is)")
     console = commands.add_parser("console", help="chat with the bot on this terminal")
     console.add_argument("--json", action="store_true", help="one JSON object per reply line")
-    for sub in (run, console):
+    worker = commands.add_parser("worker", help="serve a bot's jobs on this machine's GPU, "
+                                                "through Redis (queue.url)")
+    worker.add_argument("--device", help="the device to run on, e.g. cuda:1 (default: "
+                                         "engine.device)")
+    worker.add_argument("--name", help="the worker's name in /queue (default: host name)")
+    worker.add_argument("--blobs", type=Path,
+                        help="a folder for pictures in transit (default: a temporary one)")
+    for sub in (run, console, worker):
         sub.add_argument("--config", type=Path, help="settings file (default: ./config.yaml)")
     args = parser.parse_args(argv)
 
@@ -134,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"canvas: bad configuration: {error}", file=sys.stderr)
         return 2
+    if args.command == "worker":
+        return run_worker(settings, args.device, args.name, args.blobs)
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s bot %(levelname)s %(name)s: %(message)s")
     try:

@@ -180,6 +180,17 @@ class LimitSettings:
 
 
 @dataclass(frozen=True)
+class QueueSettings:
+    # Empty: the in-process queue. redis://[:password@]host:port/db (or rediss:// for TLS):
+    # Redis Streams between the bot and `canvas worker` processes (engine/transport/redis.py).
+    url: str = _setting("", secret=True, schemes=("redis", "rediss"))
+    # Whether `canvas run` and `canvas console` also start their own engine, as without Redis.
+    local_engine: bool = True
+    # Seconds a worker's jobs stay its own without a heartbeat; then another worker runs them.
+    lease: float = _setting(10.0, min=0.5, max=600)
+
+
+@dataclass(frozen=True)
 class Settings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -187,6 +198,7 @@ class Settings:
     telegram: TelegramSettings = field(default_factory=TelegramSettings)
     admins: AdminSettings = field(default_factory=AdminSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
     log_level: str = _setting("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
 
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bot import commands as cmd
@@ -33,11 +33,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Switch:
-    """A version switch sent to the engine, and its answer (the version it then uses)."""
+    """A version switch sent to the engines, and their answer (the version they then use:
+    the first that is not the one asked for, if any engine could not load it)."""
 
     version: VersionRow
     answer: asyncio.Future[str]
     given_up: bool = False  # whoever asked stopped waiting
+    waiting_for: set[str] = field(default_factory=set)  # engines yet to answer
+    now: str = ""
 
 MIN_EXAMPLES = 4
 DEFAULT_STEPS = 200
@@ -232,7 +235,8 @@ class Learning:
     async def on_event(self, event: protocol.FromEngine) -> None:
         match event:
             case protocol.VersionActive():
-                await self._switched(event.version, event.checkpoint or self.default_model)
+                await self._switched(event.version, event.checkpoint or self.default_model,
+                                     event.engine)
             case protocol.TrainProgress():
                 self.progress = event
                 await self.versions.record_progress(event.run_id, event.step, event.loss)
@@ -245,6 +249,10 @@ class Learning:
                 version = await self.versions.finish_run_with_version(
                     event.run_id, event.adapter, event.final_loss, event.seconds)
                 self._finished()
+                # The engine that trained it uses it already; every other one is told now,
+                # before any job sent after this.
+                switch = await self._send_switch(version, trainer_has_it=True)
+                switch.answer.add_done_callback(_logged)
                 await self._tell(event.run_id, f"Retraining finished: {version.name} is now "
                                  f"active (loss {event.final_loss:.4f}, "
                                  f"{_duration(event.seconds)}).")
@@ -259,15 +267,22 @@ class Learning:
                 what = "was cancelled" if event.cancelled else f"failed: {event.error}"
                 await self._tell(event.run_id, f"Retraining {what}. Still using {active.name}.")
 
-    async def engine_died(self) -> None:
-        while self._pending:  # a dead engine answers nothing
-            switch = self._pending.popleft()
+    async def engine_died(self, engine: str | None = None, trained: bool = True) -> None:
+        """An engine (or every engine) is gone: it answers nothing more. A switch sent to
+        several engines is done when those left have answered."""
+        for switch in list(self._pending):
+            if engine is not None and switch.waiting_for - {engine}:
+                switch.waiting_for.discard(engine)
+                continue
+            self._pending.remove(switch)
             if switch.given_up:
                 switch.answer.cancel()
+            elif engine is not None and switch.now:
+                switch.answer.set_result(switch.now)
             else:
                 switch.answer.set_exception(UserError(
                     "The image engine stopped before switching; please try again."))
-        if self.run_id is not None:
+        if self.run_id is not None and trained:
             await self.on_event(protocol.TrainFailed(self.run_id, "the image engine stopped"))
 
     # ---- helpers -------------------------------------------------------------------------
@@ -284,13 +299,17 @@ class Learning:
     async def _use(self, version: VersionRow) -> None:
         await self._await_switch(await self._send_switch(version))
 
-    async def _send_switch(self, version: VersionRow,
-                           engine: EngineHandle | None = None) -> Switch:
+    async def _send_switch(self, version: VersionRow, engine: EngineHandle | None = None,
+                           trainer_has_it: bool = False) -> Switch:
         chain = await self.versions.chain(version)
         switch = Switch(version, asyncio.get_running_loop().create_future())
         self._pending.append(switch)
-        await self.engines.use_version(
-            protocol.UseVersion(version.name, _adapters(chain), version.base_model), engine)
+        switch.waiting_for = set(await self.engines.use_version(
+            protocol.UseVersion(version.name, _adapters(chain), version.base_model), engine,
+            trainer_has_it=trainer_has_it))
+        if not switch.waiting_for:  # no engine online: each applies it when it comes
+            self._pending.remove(switch)
+            switch.answer.set_result(version.name)
         return switch
 
     async def _await_switch(self, switch: Switch) -> None:
@@ -304,12 +323,19 @@ class Learning:
             raise UserError(f"The engine could not load {switch.version.name}; it is still "
                             f"using {now}. The log has the details.")
 
-    async def _switched(self, now: str, model: str) -> None:
-        """The engine answers each UseVersion, in order, with the version it now uses."""
-        if not self._pending:
+    async def _switched(self, now: str, model: str, engine: str = "") -> None:
+        """Each engine answers each UseVersion, in order, with the version it now uses."""
+        switch = next((s for s in self._pending if not engine or engine in s.waiting_for),
+                      None)
+        if switch is None:
             return
-        switch = self._pending.popleft()
-        switch.answer.set_result(now)
+        switch.waiting_for.discard(engine)
+        if not switch.now or now != switch.version.name:
+            switch.now = now
+        if engine and switch.waiting_for:
+            return
+        self._pending.remove(switch)
+        switch.answer.set_result(switch.now)
         if switch.given_up:
             # Whoever asked stopped waiting (a long batch ran): make the store say what the
             # engine really uses, so the two never disagree.
@@ -330,6 +356,12 @@ class Learning:
         while f"v{number}" in taken:
             number += 1
         return f"v{number}"
+
+def _logged(answer: asyncio.Future[str]) -> None:
+    """For a switch nobody waits on: a failure goes to the log."""
+    if not answer.cancelled() and answer.exception() is not None:
+        log.warning("an engine did not take the new version: %s", answer.exception())
+
 
 def _adapters(chain: list[VersionRow]) -> tuple[protocol.Adapter, ...]:
     return tuple(protocol.Adapter(row.name, row.adapter) for row in chain)

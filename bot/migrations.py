@@ -187,8 +187,11 @@ MODEL_LOADS = """
     CREATE INDEX jobs_by_model ON jobs(json_extract(resolved, '$.checkpoint'), status);
 """
 
+# The remote worker that made a job's images ('' where the bot's own engine did).
+JOB_WORKER = "ALTER TABLE jobs ADD COLUMN worker TEXT NOT NULL DEFAULT ''"
+
 Migration = str | Callable[[aiosqlite.Connection, Blobs], Awaitable[None]]
-MIGRATIONS: tuple[Migration, ...] = (FIRST_SCHEMA, params_and_blobs, MODEL_LOADS)
+MIGRATIONS: tuple[Migration, ...] = (FIRST_SCHEMA, params_and_blobs, MODEL_LOADS, JOB_WORKER)
 
 
 async def migrate(db: aiosqlite.Connection, blobs: Blobs) -> None:

@@ -16,13 +16,17 @@ per-user limit on waiting jobs bounds that.)
 Priority jobs (admins', when `limits.admin_priority` is on) are served before all others, in
 the same fair order among themselves. A job put back (taken but never sent to an engine) goes
 before everything.
+
+Several engines may wait for work at once. The next job in fair order goes to a waiting
+engine that prefers it (one that has the job's model in memory), else to the one that has
+waited longest: the order stays fair, and a model is loaded only where none has it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from engine.protocol import Job
 
@@ -38,6 +42,10 @@ class _Tier:
     def put(self, job: Job, user: str, chat: str) -> None:
         users = self.chats.setdefault(chat, OrderedDict())  # a new chat joins at the end
         users.setdefault(user, deque()).append(job)  # a new user at the end of the chat's
+
+    def peek(self) -> Job:
+        users = next(iter(self.chats.values()))
+        return next(iter(users.values()))[0]
 
     def pop(self) -> Job:
         """The next job in turn; its user and chat move to the end of their rotations."""
@@ -97,37 +105,69 @@ class JobQueue:
         self._front: deque[Job] = deque()
         # job id -> (tier, user, chat); _FRONT for put-back jobs
         self._index: dict[int, tuple[str, str, str]] = {}
-        self._changed = asyncio.Condition()
+        # Engines waiting for a job, longest first: what each is to get, and what it prefers.
+        self._takers: list[tuple[asyncio.Future[Job], Callable[[Job], bool] | None]] = []
+        self._in_transit: dict[int, Job] = {}  # handed to a taker that has not run yet
 
     async def put(self, job: Job, *, user: str, chat: str, priority: bool = False) -> None:
         """Queue a job for `user` (a platform-qualified user key, e.g. "telegram:123") asking
         in `chat` (a platform-qualified chat key; the user key where there is no chat)."""
-        async with self._changed:
-            self.remove(job.job_id)  # the same job twice: the later one counts
-            tier = "priority" if priority else "normal"
-            self._tier(tier).put(job, user, chat)
-            self._index[job.job_id] = (tier, user, chat)
-            self._changed.notify()
+        self.remove(job.job_id)  # the same job twice: the later one counts
+        tier = "priority" if priority else "normal"
+        self._tier(tier).put(job, user, chat)
+        self._index[job.job_id] = (tier, user, chat)
+        self._hand_out()
 
-    async def get(self) -> Job:
-        async with self._changed:
-            await self._changed.wait_for(lambda: bool(self._index))
-            if self._front:
-                job = self._front.popleft()
-            elif self._priority:
-                job = self._priority.pop()
-            else:
-                job = self._normal.pop()
-            del self._index[job.job_id]
-            return job
+    async def get(self, prefers: Callable[[Job], bool] | None = None) -> Job:
+        """The next job in fair order, once there is one. `prefers`: the jobs this taker
+        would rather have than another waiting taker (see above)."""
+        taken: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        self._takers.append((taken, prefers))
+        self._hand_out()
+        try:
+            job = await taken
+        except asyncio.CancelledError:
+            self._takers = [taker for taker in self._takers if taker[0] is not taken]
+            if taken.done() and not taken.cancelled():  # handed a job as it was cancelled
+                self._in_transit.pop(taken.result().job_id, None)
+                self._to_front(taken.result())
+            raise
+        self._in_transit.pop(job.job_id, None)
+        return job
 
     async def put_back(self, job: Job) -> None:
         """Return a job to the very front: it was taken, but never reached an engine."""
-        async with self._changed:
-            self.remove(job.job_id)
-            self._front.appendleft(job)
-            self._index[job.job_id] = _FRONT
-            self._changed.notify()
+        self._to_front(job)
+
+    def _to_front(self, job: Job) -> None:
+        self.remove(job.job_id)
+        self._front.appendleft(job)
+        self._index[job.job_id] = _FRONT
+        self._hand_out()
+
+    def _hand_out(self) -> None:
+        while self._index and self._takers:
+            job = self._next()
+            chosen = next((taker for taker in self._takers if taker[1] and taker[1](job)),
+                          self._takers[0])
+            self._takers.remove(chosen)
+            self._pop()
+            self._in_transit[job.job_id] = job
+            chosen[0].set_result(job)
+
+    def _next(self) -> Job:
+        if self._front:
+            return self._front[0]
+        return (self._priority if self._priority else self._normal).peek()
+
+    def _pop(self) -> Job:
+        """Take the next job out: its user and chat move to the end of their rotations."""
+        if self._front:
+            job = self._front.popleft()
+        else:
+            job = (self._priority if self._priority else self._normal).pop()
+        del self._index[job.job_id]
+        return job
 
     def remove(self, job_id: int) -> bool:
         """Take a waiting job out; False if it is not waiting here (sent on, or unknown)."""
@@ -136,14 +176,15 @@ class JobQueue:
             return False
         if where == _FRONT:
             self._front.remove(next(job for job in self._front if job.job_id == job_id))
-        else:
-            tier, user, chat = where
-            self._tier(tier).remove(job_id, user, chat)
+            return True
+        tier, user, chat = where
+        self._tier(tier).remove(job_id, user, chat)
         return True
 
     def waiting(self) -> list[int]:
         """Ids of the waiting jobs, in the order get() will serve them (if no more arrive)."""
-        jobs = [*self._front, *self._priority.order(), *self._normal.order()]
+        jobs = [*self._in_transit.values(), *self._front, *self._priority.order(),
+                *self._normal.order()]
         return [job.job_id for job in jobs]
 
     def __len__(self) -> int:

@@ -57,6 +57,7 @@ class JobRow:
     finished_at: float | None
     delivered_at: float | None
     engine_seconds: float | None
+    worker: str = ""  # the remote worker that made it; '' for the bot's own engine
 
     @property
     def kind(self) -> str:
@@ -252,10 +253,15 @@ class Store:
             )
 
     async def save_result(self, job_id: int, images: Iterable[NewImage], engine_seconds: float,
-                          version: str) -> list[ImageRow]:
-        """Store the images and finish the job, in one transaction."""
+                          version: str, worker: str = "") -> list[ImageRow] | None:
+        """Store the images and finish the job, in one transaction. None if the job was
+        finished already (a second answer for it, from a worker it was taken back from)."""
         now = time.time()
         async with self.transaction() as db:
+            async with db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)) as cursor:
+                row = await cursor.fetchone()
+            if row is None or row[0] in ("done", "failed", "cancelled"):
+                return None
             for idx, image in enumerate(images):
                 await db.execute(
                     """INSERT INTO images (job_id, idx, blob, seed, width, height, version,
@@ -265,16 +271,17 @@ class Store:
                 )
             await db.execute(
                 """UPDATE jobs SET status = 'done', finished_at = ?, engine_seconds = ?,
-                       error = NULL
+                       error = NULL, worker = ?
                    WHERE id = ?""",
-                (now, engine_seconds, job_id),
+                (now, engine_seconds, worker, job_id),
             )
         return await self.images_for_job(job_id)
 
     async def mark_failed(self, job_id: int, error: str, *, cancelled: bool = False) -> None:
         async with self.transaction() as db:
             await db.execute(
-                "UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
+                "UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ?"
+                " AND status IN ('queued', 'running')",
                 ("cancelled" if cancelled else "failed", error, time.time(), job_id),
             )
 

@@ -3,6 +3,10 @@
 It reads protocol messages from standard input, one JSON line each, and writes its own to
 standard output. Everything else that would print (libraries included) goes to standard error,
 so the message stream stays clean.
+
+With `--worker` it is a remote worker (`canvas worker`) instead: messages come and go through
+the Redis that CANVAS_WORKER_REDIS_URL names (engine/transport/redis_worker.py), and its blobs
+live in a folder of its own (a temporary one unless --blobs is given).
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import json
 import logging
 import os
 import queue
+import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -64,15 +70,38 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--max-batch", type=int, default=0,
                         help="most images in one batch; 0: sized to the device's memory")
-    parser.add_argument("--blobs", type=Path, required=True,
-                        help="the blob store's folder: pictures in, pictures and LoRAs out")
+    parser.add_argument("--blobs", type=Path, default=None,
+                        help="the blob store's folder: pictures in, pictures and LoRAs out "
+                             "(needed, but for a worker: a temporary folder)")
+    parser.add_argument("--worker", action="store_true",
+                        help="serve as a remote worker through the Redis that "
+                             "CANVAS_WORKER_REDIS_URL names (redis://...)")
+    parser.add_argument("--name", default="", help="the worker's name (default: host name)")
+    parser.add_argument("--lease", type=float, default=10.0,
+                        help="seconds a worker's jobs stay its own without a heartbeat")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet and the VAE decoder, warmed up at start")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch; 0: one less than the machine's cores")
     args = parser.parse_args()
+    redis_url = os.environ.get("CANVAS_WORKER_REDIS_URL", "")
+    if args.worker and not redis_url:
+        parser.error("--worker needs CANVAS_WORKER_REDIS_URL")
+    if args.blobs is None and not args.worker:
+        parser.error("--blobs is needed (but for a worker)")
 
-    send = _claim_stdout()
+    link = None
+    if args.worker:
+        from engine.blobs import LocalBlobs
+        from engine.transport.redis_worker import RedisLink, default_name
+
+        if args.blobs is None:
+            args.blobs = Path(tempfile.mkdtemp(prefix="canvas-worker-"))
+        link = RedisLink(redis_url, args.name or default_name(), args.device,
+                         LocalBlobs(args.blobs), args.lease)
+        send = link.send
+    else:
+        send = _claim_stdout()
     loaded = threading.Event()
     threading.Thread(target=_say_loading, args=(send, loaded), daemon=True,
                      name="loading").start()
@@ -113,7 +142,16 @@ def main() -> None:
         send(protocol.Fatal(f"Could not load the model {specs[0].name}: {error}"))
         sys.exit(1)
     inbox: queue.Queue = queue.Queue()
-    threading.Thread(target=_read_stdin, args=(inbox,), daemon=True, name="stdin").start()
+    if link is not None:
+        link.start(inbox)
+
+        def stop(signum, frame) -> None:
+            inbox.put(protocol.Shutdown())
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+    else:
+        threading.Thread(target=_read_stdin, args=(inbox,), daemon=True, name="stdin").start()
     engine = Engine(models, LocalBlobs(args.blobs), max_batch, send, inbox)
     loaded.set()
     send(protocol.Ready(models.default, engine.version, str(pipelines.device),
@@ -124,6 +162,8 @@ def main() -> None:
     for record in models.loads:  # the default's load, told after Ready like every later one
         send(record)
     engine.run()
+    if link is not None:
+        link.stop()
     # Exit at once: a daemon thread blocked reading standard input can otherwise abort the
     # interpreter's shutdown (exit code -6); every message is written already (unbuffered).
     logging.shutdown()

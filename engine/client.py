@@ -5,8 +5,10 @@ engine.protocol, so the bot process never loads torch."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,7 +46,8 @@ Event = protocol.FromEngine | EngineExited
 class JobSource(Protocol):
     """What a handle takes jobs from (bot/queue.py)."""
 
-    async def get(self) -> protocol.Job: ...
+    async def get(self, prefers: Callable[[protocol.Job], bool] | None = None
+                  ) -> protocol.Job: ...
 
     async def put_back(self, job: protocol.Job) -> None: ...
 
@@ -59,9 +62,25 @@ class EngineHandle:
         self.events: asyncio.Queue[Event] = events if events is not None else asyncio.Queue()
         self.ready: protocol.Ready | None = None
         self.in_flight: dict[int, protocol.Job] = {}
+        self.models: set[str] = set()  # the models it has in device memory, as it said
         self._reader: asyncio.Task | None = None
         self._feeder: asyncio.Task | None = None
-        self._credit = asyncio.Semaphore(0)  # set from the engine's Ready
+        self._room = asyncio.Condition()  # in_flight shrank
+
+    @property
+    def name(self) -> str:
+        return self.transport.description
+
+    @property
+    def restartable(self) -> bool:
+        """Whether the bot starts this engine (and so starts it again when it dies)."""
+        return getattr(self.transport, "restartable", True)
+
+    @property
+    def credit(self) -> int:
+        """How many more jobs it may hold: one batch's worth, enough to fill a batch, few
+        enough that the fair queue, not the engine's arrival order, decides who goes next."""
+        return max(1, self.ready.max_batch) if self.ready else 0
 
     async def start(self) -> protocol.Ready:
         await self.transport.open()
@@ -71,9 +90,6 @@ class EngineHandle:
             reason = first.error if isinstance(first, protocol.Fatal) else "it exited"
             raise EngineError(f"The engine did not start: {reason}")
         self.ready = first
-        # The engine holds one batch's worth: enough to fill a batch, few enough that the fair
-        # queue, not the engine's arrival order, decides who goes next.
-        self._credit = asyncio.Semaphore(max(1, first.max_batch))
         self._reader = asyncio.create_task(self._read_loop(), name="engine-reader")
         log.info("engine ready: %s (%s) on %s, %s", first.checkpoint, first.version,
                  first.device, first.dtype)
@@ -107,14 +123,19 @@ class EngineHandle:
 
     async def _feed(self, source: JobSource) -> None:
         while True:
-            await self._credit.acquire()
-            job = await source.get()
+            async with self._room:
+                await self._room.wait_for(lambda: len(self.in_flight) < self.credit)
+            job = await source.get(self.prefers)
             try:
                 await self.submit(job)
             except ConnectionError:  # the engine died under us: the job never reached it
                 self.in_flight.pop(job.job_id, None)
                 await source.put_back(job)
                 return
+
+    def stop_feeding(self) -> None:
+        if self._feeder:
+            self._feeder.cancel()
 
     async def restart(self) -> protocol.Ready:
         """Start a new engine after the last one died. The jobs it held are forgotten here;
@@ -123,6 +144,22 @@ class EngineHandle:
             self._feeder.cancel()
         self.in_flight.clear()
         return await self.start()
+
+    def prefers(self, job: protocol.Job) -> bool:
+        """A job for a model this engine has in memory (None: the default model)."""
+        model = job.params.checkpoint or (self.ready.checkpoint if self.ready else None)
+        return model in self.models
+
+    def adopt(self, jobs: list[protocol.Job]) -> None:
+        """Jobs it held before the bot started (a remote worker's): they count as held."""
+        for job in jobs:
+            self.in_flight[job.job_id] = job
+
+    async def forget(self, job_id: int) -> None:
+        """The job is no longer its to finish (taken back from a worker that stopped)."""
+        if self.in_flight.pop(job_id, None) is not None:
+            async with self._room:
+                self._room.notify_all()
 
     async def submit(self, job: protocol.Job) -> None:
         self.in_flight[job.job_id] = job
@@ -151,13 +188,18 @@ class EngineHandle:
             if isinstance(message, protocol.Order):
                 self._reorder(message.job_ids)
                 continue
-            finished = isinstance(message, protocol.Result | protocol.Failed)
-            if finished and self.in_flight.pop(message.job_id, None) is not None:
-                self._credit.release()
+            if isinstance(message, protocol.ModelLoaded):
+                self.models = (self.models | {message.name}) - set(message.evicted)
+            if isinstance(message, protocol.VersionActive):
+                message = dataclasses.replace(message, engine=self.name)
+            if isinstance(message, protocol.Result | protocol.Failed):
+                await self.forget(message.job_id)
             await self.events.put(message)
         returncode = await self.transport.kill()  # gone already: this reads its exit code
         lost = tuple(self.in_flight)
-        if returncode != 0 or lost:
+        if not self.restartable:
+            log.info("%s is gone, holding jobs %s", self.transport.description, list(lost))
+        elif returncode != 0 or lost:
             log.error("%s exited with code %s holding jobs %s", self.transport.description,
                       returncode, list(lost))
         await self.events.put(EngineExited(returncode, lost, self))

@@ -172,6 +172,7 @@ class Result:
     images: tuple[ImageBlob, ...]
     engine_seconds: float
     version: str
+    worker: str = ""  # the remote worker's name: set by the bot's end of Redis
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,7 @@ class Failed:
 class VersionActive:
     version: str
     checkpoint: str = ""
+    engine: str = ""  # which engine answered: set by the bot's handle, not by the engine
 
 
 @dataclass(frozen=True)

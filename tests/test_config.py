@@ -327,9 +327,12 @@ BAD = [
     (
         "webhooks: {}\n",
         "webhooks: unknown setting "
-        "(known: engine, storage, discord, telegram, admins, limits, log_level)",
+        "(known: engine, storage, discord, telegram, admins, limits, queue, log_level)",
     ),
     ("engine: cuda\n", "engine: must be a section of `name: value` lines (got a str)"),
+    ("queue:\n  url: http://redis:6379\n",
+     "queue.url: must be empty or start with redis:// or rediss://"),
+    ("queue:\n  lease: 0\n", "queue.lease: must be a number from 0.5 to 600 (got 0)"),
 ]
 
 
@@ -480,3 +483,11 @@ def test_a_bare_source_in_engine_model_is_the_only_model_as_before(tmp_path: Pat
 ])
 def test_bad_models_are_refused_with_the_key(tmp_path: Path, text: str, message: str) -> None:
     assert error(tmp_path, text) == message
+
+
+def test_a_redis_url_with_its_password_is_kept_out_of_repr(tmp_path: Path) -> None:
+    settings = load(tmp_path, "queue:\n  url: redis://:hunter2@gpu-box:6379/0\n"
+                    "  local_engine: false\n")
+    assert settings.queue.url == "redis://:hunter2@gpu-box:6379/0"
+    assert not settings.queue.local_engine and settings.queue.lease == 10.0
+    assert "hunter2" not in repr(settings)

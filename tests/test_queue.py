@@ -3,6 +3,9 @@ priority jobs first; put-back jobs at the very front; waiting() is the serving o
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from bot import commands as cmd
 from bot.queue import JobQueue
 from bot.service import User
@@ -158,3 +161,26 @@ async def test_queue_positions_follow_the_fair_order(tmp_path):
         assert bot.service.position(b1.job_id) == 4
         assert bot.service.position(c1.job_id) == 5
 
+
+
+async def test_the_next_job_goes_to_a_waiting_engine_that_has_its_model():
+    queue = JobQueue()
+    wants_sd3 = lambda job: job.params.checkpoint == "sd3"  # noqa: E731
+    plain = asyncio.create_task(queue.get())  # waited longest, prefers nothing
+    await asyncio.sleep(0)
+    warm = asyncio.create_task(queue.get(prefers=wants_sd3))
+    await asyncio.sleep(0)
+    await queue.put(Job(1, Params(prompt="x", checkpoint="sd3")), user="u1", chat="c")
+    await queue.put(Job(2, Params(prompt="y", checkpoint="shapes")), user="u2", chat="c")
+    assert (await warm).job_id == 1 and (await plain).job_id == 2
+
+
+async def test_a_taker_cancelled_as_it_was_handed_a_job_puts_it_back_first():
+    queue = JobQueue()
+    taker = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    await queue.put(Job(1, Params(prompt="x")), user="u1", chat="c")
+    taker.cancel()  # the job was set on its future; the task never ran to take it
+    with contextlib.suppress(asyncio.CancelledError):
+        await taker
+    assert queue.waiting() == [1]

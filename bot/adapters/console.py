@@ -150,7 +150,8 @@ class ConsoleAdapter:
                  "seed": image.seed, "width": image.width, "height": image.height,
                  "prompt": job.prompt,
                  "model": (job.resolved or job.params).checkpoint or self.service.checkpoint,
-                 "model_version": image.version},
+                 "model_version": image.version,
+                 **({"worker": job.worker} if job.worker else {})},
                 f"image #{image.id} (job #{job.id}, seed {image.seed}, {image.width}×"
                 f"{image.height}, {image.version}): {path}",
             )

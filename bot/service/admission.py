@@ -86,7 +86,10 @@ class Admission:
         job_id = await self.store.add_job(new)
         await self.enqueue(await self.store.get_job(job_id))
         position = self.position(job_id)
-        return Reply(f"Queued job #{job_id}, position {position}.", job_id=job_id,
+        waits = "" if self.engines.online else (
+            " No image worker is online right now: your job waits, and runs as soon as one "
+            "comes.")
+        return Reply(f"Queued job #{job_id}, position {position}.{waits}", job_id=job_id,
                      position=position)
 
     async def enqueue(self, job: JobRow) -> None:
@@ -139,10 +142,12 @@ class Admission:
 
     def queue_text(self, user_id: int) -> str:
         order = self.order()
+        workers = self.engines.joiner.workers_text() if self.engines.joiner else ""
         mine = [job_id for job_id in order
                 if job_id in self.active and self.active[job_id].user_id == user_id]
         if not mine:
-            return f"You have no jobs waiting. {len(order)} job(s) in the queue in all."
+            return " ".join(filter(None, [
+                f"You have no jobs waiting. {len(order)} job(s) in the queue in all.", workers]))
         lines = []
         for job_id in mine:
             progress = self.progress.get(job_id)
@@ -150,4 +155,5 @@ class Admission:
                 lines.append(f"job #{job_id}: generating, {100 * progress.step // progress.total}%")
             else:
                 lines.append(f"job #{job_id}: waiting, position {order.index(job_id) + 1}")
-        return "\n".join(lines) + f"\n{len(order)} job(s) in the queue in all."
+        return "\n".join([*lines, f"{len(order)} job(s) in the queue in all.",
+                          *filter(None, [workers])])

@@ -64,10 +64,15 @@ class Service:
         await self.learning.start()
         for job in await self.store.undelivered_jobs():
             self.delivery.outcome(job)
+        held = self.engines.joiner.held if self.engines.joiner else {}
         for job in await self.store.active_jobs():
-            if self.delivery.serves(job.platform):
-                await self.store.mark_requeued(job.id)
-                await self.admission.enqueue(job)
+            if not self.delivery.serves(job.platform):
+                continue
+            if job.id in held:  # a remote worker has it, or has answered it
+                self.admission.active[job.id] = job
+                continue
+            await self.store.mark_requeued(job.id)
+            await self.admission.enqueue(job)
         self.engines.feed_from(self.queue)
 
     async def stop(self) -> None:

@@ -1,0 +1,208 @@
+"""The worker's end of Redis (`canvas worker`): the engine loop's inbox filled from the worker's
+stream, what it says sent back as events, and its heartbeat and leases kept up.
+
+Plain threads and redis-py's blocking client, beside the GPU-bound loop in engine/worker.py,
+which never waits on the network: a reader thread, a heartbeat thread, and `send`, called from
+the loop. Redis going away is waited out: each call is tried again until it answers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from engine import protocol
+from engine.blobs import LocalBlobs
+from engine.transport import streams
+
+log = logging.getLogger(__name__)
+
+RETRY = 0.5  # seconds between tries while Redis is unreachable
+
+
+def worker_id(name: str) -> str:
+    """One incarnation of a worker: its name and a random tail, so a worker started again
+    under the same name never renews, finishes or reads what the old one held."""
+    import secrets
+
+    return f"{name}-{secrets.token_hex(3)}"
+
+
+def default_name() -> str:
+    return socket.gethostname()
+
+
+class RedisLink:
+    def __init__(self, url: str, name: str, device: str, blobs: LocalBlobs,
+                 lease: float) -> None:
+        self.redis = redis.Redis.from_url(url, socket_timeout=max(5.0, 2 * lease),
+                                          health_check_interval=10)
+        self.name = name
+        self.id = worker_id(name)
+        self.device = device
+        self.blobs = blobs
+        self.lease = lease
+        self.inbox_key = streams.inbox(self.id)
+        self.ready: protocol.Ready | None = None
+        self.models: set[str] = set()
+        self.busy = 0  # jobs held
+        self.entries: dict[int, bytes] = {}  # job id -> its entry id (its lease)
+        self.stopping = threading.Event()
+        self._finish = self.redis.register_script(streams.FINISH)
+        self._renew = self.redis.register_script(streams.RENEW)
+        self._lock = threading.Lock()
+
+    # ---- calls that wait out an outage ----------------------------------------------------
+
+    def _patiently(self, call: Callable[[], Any]) -> Any:
+        told = False
+        while True:
+            try:
+                return call()
+            except redis.exceptions.ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                self._make_group()  # Redis restarted without its data
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+                if not told:
+                    log.warning("Redis is unreachable (%s); trying again", error)
+                    told = True
+                if self.stopping.is_set():
+                    raise
+                time.sleep(RETRY)
+
+    def _make_group(self) -> None:
+        try:
+            self.redis.xgroup_create(self.inbox_key, streams.WORKER_GROUP, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    # ---- start, and the threads ---------------------------------------------------------
+
+    def start(self, inbox: queue.Queue) -> None:
+        self._patiently(self._make_group)
+        threading.Thread(target=self._read, args=(inbox,), daemon=True, name="redis-in").start()
+        threading.Thread(target=self._beat, daemon=True, name="heartbeat").start()
+        log.info("worker %s (%s) on %s, serving through Redis", self.name, self.id,
+                 self.device)
+
+    def stop(self) -> None:
+        """Gone on purpose: the bot takes back at once what this worker still holds."""
+        self.stopping.set()
+        try:
+            self.redis.delete(streams.heartbeat(self.id))
+            self._event({"bye": "1"})
+        except redis.exceptions.RedisError as error:
+            log.warning("could not say goodbye to Redis: %s", error)
+
+    def _read(self, inbox: queue.Queue) -> None:
+        while not self.stopping.is_set():
+            try:
+                answer = self._patiently(lambda: self.redis.xreadgroup(
+                    streams.WORKER_GROUP, self.id, {self.inbox_key: ">"}, count=16,
+                    block=1000))
+            except redis.exceptions.RedisError:
+                return  # stopping
+            for _, entries in answer or []:
+                for entry_id, fields in entries:
+                    self._take(entry_id, fields, inbox)
+
+    def _take(self, entry_id: bytes, fields: dict[bytes, bytes], inbox: queue.Queue) -> None:
+        try:
+            message = streams.read_entry(fields, self.blobs)
+        except streams.BadEntry as error:
+            log.error("dropped a bad entry %s: %s", entry_id, error)
+            self._settle(entry_id)
+            return
+        if not isinstance(message, protocol.Job):
+            self._settle(entry_id)  # control is not leased: it is applied in order
+            inbox.put(message)
+            return
+        with self._lock:
+            again = message.job_id in self.entries
+            self.entries[message.job_id] = entry_id
+            if not again:
+                self.busy += 1
+        if not again:  # a job seen twice (Redis lost its record of our read) runs once
+            inbox.put(message)
+
+    def _beat(self) -> None:
+        while not self.stopping.wait(self.lease / 4):
+            try:
+                self._patiently(self._beat_once)
+            except redis.exceptions.RedisError as error:
+                log.warning("heartbeat failed: %s", error)
+
+    def _beat_once(self) -> None:
+        """Renew the leases and say this worker is here; from its Ready on (before, the bot
+        knows nothing of it: its inbox is empty)."""
+        self._renew(keys=[self.inbox_key], args=[streams.WORKER_GROUP, self.id])
+        if self.ready is None:
+            return
+        credit = max(1, self.ready.max_batch)
+        record = {"id": self.id, "name": self.name, "device": self.ready.device,
+                  "ready": protocol.encode(self.ready).decode(), "models": sorted(self.models),
+                  "free": max(0, credit - self.busy), "at": time.time()}
+        pipe = self.redis.pipeline()
+        pipe.set(streams.heartbeat(self.id), json.dumps(record), px=int(self.lease * 1000))
+        pipe.sadd(streams.WORKERS, self.id)
+        pipe.execute()
+
+    # ---- what the engine says -------------------------------------------------------------
+
+    def send(self, message: protocol.FromEngine) -> None:
+        """Called by the engine loop for each message it sends."""
+        if isinstance(message, protocol.Ready):
+            self.ready = message
+            self._patiently(self._beat_once)
+        if isinstance(message, protocol.ModelLoaded):
+            self.models = (self.models | {message.name}) - set(message.evicted)
+        if isinstance(message, protocol.Result | protocol.Failed):
+            self._finish_job(message)
+            return
+        if isinstance(message, protocol.Order):
+            return  # the bot orders this worker's jobs by what it hands out
+        self._event({"m": protocol.encode(message)}, message)
+
+    def _event(self, fields: dict, message: protocol.FromEngine | None = None) -> None:
+        if message is not None:
+            fields = streams.entry(message, self.blobs, w=self.id)
+        else:
+            fields = {**fields, "w": self.id}
+        self._patiently(lambda: self.redis.xadd(streams.EVENTS, fields))
+
+    def _finish_job(self, message: protocol.Result | protocol.Failed) -> None:
+        with self._lock:
+            entry_id = self.entries.pop(message.job_id, None)
+            if entry_id is not None:
+                self.busy -= 1
+        if entry_id is None:
+            return
+        fields = streams.entry(message, self.blobs, w=self.id)
+        pairs = [item for pair in fields.items() for item in pair]
+        kept = self._patiently(lambda: self._finish(
+            keys=[self.inbox_key, streams.EVENTS],
+            args=[streams.WORKER_GROUP, self.id, entry_id, *pairs]))
+        if not kept:
+            log.warning("job %d was taken back by the bot (this worker's lease lapsed); its "
+                        "result is dropped, another worker makes it", message.job_id)
+        for key in streams.blob_keys(message):  # the bot has the pictures now
+            self.blobs.path(key).unlink(missing_ok=True)
+
+    def _settle(self, entry_id: bytes) -> None:
+        def settle() -> None:
+            pipe = self.redis.pipeline()
+            pipe.xack(self.inbox_key, streams.WORKER_GROUP, entry_id)
+            pipe.xdel(self.inbox_key, entry_id)
+            pipe.execute()
+
+        self._patiently(settle)
