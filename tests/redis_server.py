@@ -54,6 +54,11 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
 
-    def restart(self) -> None:
+    def restart(self, wipe: bool = False) -> None:
+        """Kill it and start it again: on its append-only file, or with `wipe`, on nothing
+        (as a Redis without persistence comes back)."""
         self.kill()
+        if wipe:
+            for path in self.folder.glob("appendonly*"):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         self.start()

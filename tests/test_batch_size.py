@@ -110,7 +110,7 @@ class Jobs:
                                                steps=200 if i == 1 else 5))
                         for i in range(1, count + 1)]
 
-    async def get(self) -> protocol.Job:
+    async def get(self, prefers=None) -> protocol.Job:
         if not self.waiting:
             await asyncio.Event().wait()  # no more: the feeder waits until it is cancelled
         return self.waiting.pop(0)

@@ -44,7 +44,7 @@ class Jobs:
         for job in jobs:
             self.waiting.put_nowait(job)
 
-    async def get(self) -> protocol.Job:
+    async def get(self, prefers=None) -> protocol.Job:
         return await self.waiting.get()
 
     async def put_back(self, job: protocol.Job) -> None:

@@ -62,7 +62,9 @@ class Dispatch:
                 return
             try:
                 if isinstance(event, EngineExited):
-                    if self.stopping or not event.engine.restartable:
+                    if self.stopping:
+                        continue  # expected; what it held is taken up at the next start
+                    if not event.engine.restartable:
                         await self._worker_left(event.engine)
                         continue
                     if not await self._engine_died(event):

@@ -105,6 +105,9 @@ class RedisHub:
         # these instead of queuing them again.
         self.held: dict[int, str] = {}
         self._unsettled: dict[int, bytes] = {}  # id(event) -> its entry in EVENTS
+        # Jobs a worker that left still held, until each is taken back (its entry may be gone
+        # with Redis' data, so its stream alone cannot say).
+        self._orphans: dict[str, set[int]] = {}
         self._tasks: list[asyncio.Task] = []
         self._pool = None
         self._lost_redis = False
@@ -144,6 +147,7 @@ class RedisHub:
                 if "NOGROUP" not in str(error):
                     raise
                 await self._make_group()  # Redis came back without its data
+                await asyncio.sleep(RETRY)
 
     async def _make_group(self) -> None:
         try:
@@ -207,7 +211,9 @@ class RedisHub:
 
     async def _left(self, worker: str, why: str) -> None:
         transport = self.transports.pop(worker)
-        self.handles.pop(worker, None)
+        handle = self.handles.pop(worker, None)
+        if handle is not None and handle.in_flight:
+            self._orphans[worker] = set(handle.in_flight)
         log.warning("%s left (%s)", transport.description, why)
         await transport.gone()
 
@@ -225,40 +231,52 @@ class RedisHub:
         key = streams.inbox(worker)
         died: list[int] = []
         start = "0-0"
-        while True:
-            start, claimed, _ = await self.redis.xautoclaim(
-                key, streams.WORKER_GROUP, streams.BOT_CONSUMER,
-                min_idle_time=int(self.lease * 1000), start_id=start, count=100)
-            for entry_id, fields in claimed:
-                message = _message(fields)
-                if isinstance(message, protocol.Job):
-                    died.append(message.job_id)
-                await self._drop(key, entry_id)
-            if start in (b"0-0", "0-0"):
-                break
+        try:
+            while True:
+                start, claimed, _ = await self.redis.xautoclaim(
+                    key, streams.WORKER_GROUP, streams.BOT_CONSUMER,
+                    min_idle_time=int(self.lease * 1000), start_id=start, count=100)
+                for entry_id, fields in claimed:
+                    message = _message(fields)
+                    if isinstance(message, protocol.Job):
+                        died.append(message.job_id)
+                    await self._drop(key, entry_id)
+                if start in (b"0-0", "0-0"):
+                    break
+            pending = (await self.redis.xpending(key, streams.WORKER_GROUP))["pending"]
+        except redis_errors.ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            pending = 0  # no stream (Redis lost it, or the worker never read): nothing leased
         if died:
             await self._hand_back(TakenBack(tuple(died), True, worker))
-        if alive:
-            return
-        pending = await self.redis.xpending(key, streams.WORKER_GROUP)
-        if pending["pending"]:
-            return  # read by the worker before it died: taken back once their lease lapses
-        unread = []
+        if alive or pending:
+            return  # what a dead worker had read is taken back once its lease lapses
+        await self._empty_out(worker)
+
+    async def _empty_out(self, worker: str) -> None:
+        """A worker gone for good: every job it still held (never begun) back to the bot, and
+        its stream deleted."""
+        key = streams.inbox(worker)
+        jobs = []
         for entry_id, fields in await self.redis.xrange(key):
             message = _message(fields)
             if isinstance(message, protocol.Job):
-                unread.append(message.job_id)
+                jobs.append(message.job_id)
             await self._drop(key, entry_id)
-        if unread:
-            await self._hand_back(TakenBack(tuple(unread), False, worker))
         await self.redis.delete(key)
         await self.redis.srem(streams.WORKERS, worker)
+        jobs += sorted(self._orphans.pop(worker, set()) - set(jobs))
+        if jobs:
+            await self._hand_back(TakenBack(tuple(jobs), False, worker))
 
     async def _hand_back(self, taken: TakenBack) -> None:
         handle = self.handles.get(taken.worker)
         for job_id in taken.jobs:
             if handle is not None:
                 await handle.forget(job_id)
+            for orphans in self._orphans.values():
+                orphans.discard(job_id)
         log.warning("took back job(s) %s from worker %s (%s)", list(taken.jobs), taken.worker,
                     "it stopped while running them" if taken.died else "it left")
         if self.on_taken_back is not None:
@@ -305,7 +323,7 @@ class RedisHub:
             await self._drop_event(entry_id)
             if worker in self.transports:
                 await self._left(worker, "it stopped")
-            await self._take_back_now(worker)
+            await self._empty_out(worker)  # it held its jobs only to hand them back
             return
         try:
             message = await asyncio.to_thread(streams.read_entry, fields, self.blobs)
@@ -330,20 +348,6 @@ class RedisHub:
             await transport.said.put(message)
         elif lasting:  # from a worker the bot does not know (yet, or any more)
             await self._pool.events.put(message)
-
-    async def _take_back_now(self, worker: str) -> None:
-        """A worker that said goodbye held its jobs only to hand them back: all of them."""
-        key = streams.inbox(worker)
-        jobs = []
-        for entry_id, fields in await self.redis.xrange(key):
-            message = _message(fields)
-            if isinstance(message, protocol.Job):
-                jobs.append(message.job_id)
-            await self._drop(key, entry_id)
-        await self.redis.delete(key)
-        await self.redis.srem(streams.WORKERS, worker)
-        if jobs:
-            await self._hand_back(TakenBack(tuple(jobs), False, worker))
 
     def _name_of(self, worker: str) -> str:
         transport = self.transports.get(worker)
