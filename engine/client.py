@@ -118,8 +118,10 @@ class EngineHandle:
                          "model takes a while)", self.transport.description, told - began)
 
     def feed_from(self, source: JobSource) -> None:
-        """Move jobs from the queue to the engine whenever it has room for more."""
-        self._feeder = asyncio.create_task(self._feed(source), name="engine-feeder")
+        """Move jobs from the queue to the engine whenever it has room for more (once: a
+        second call while it is fed does nothing)."""
+        if self._feeder is None:
+            self._feeder = asyncio.create_task(self._feed(source), name="engine-feeder")
 
     async def _feed(self, source: JobSource) -> None:
         while True:
@@ -136,12 +138,12 @@ class EngineHandle:
     def stop_feeding(self) -> None:
         if self._feeder:
             self._feeder.cancel()
+            self._feeder = None
 
     async def restart(self) -> protocol.Ready:
         """Start a new engine after the last one died. The jobs it held are forgotten here;
         the caller decides which to queue again."""
-        if self._feeder:
-            self._feeder.cancel()
+        self.stop_feeding()
         self.in_flight.clear()
         return await self.start()
 
@@ -170,8 +172,7 @@ class EngineHandle:
 
     async def stop(self) -> None:
         """Ask the engine to stop after its current step, and wait for it."""
-        if self._feeder:
-            self._feeder.cancel()
+        self.stop_feeding()
         await self.transport.close(STOP_TIMEOUT)
         if self._reader:
             await self._reader

@@ -84,10 +84,12 @@ class EnginePool:
             self.joiner.settle(event)
 
     def feed_from(self, source: JobSource, handle: EngineHandle | None = None) -> None:
-        """Each engine (or just `handle`, restarted or new) takes jobs from `source` as it has
-        room."""
+        """Each engine the bot started (or just `handle`, restarted or new) takes jobs from
+        `source` as it has room. A remote worker is fed once it joins and has its versions
+        (on_join)."""
         for each in [handle] if handle else self.handles:
-            each.feed_from(source)
+            if handle is not None or each.restartable:
+                each.feed_from(source)
 
     async def restart(self, handle: EngineHandle) -> protocol.Ready:
         return await handle.restart()
