@@ -9,7 +9,12 @@ write), `canvas worker` processes of one thread each, and `canvas console --json
    least 1.8 times 1 worker (each worker has its own core; the bot is mostly idle).
 2. latency: `--rounds` jobs of one step sent one at a time (the next once the last image is
    out), through the bot's own engine and through Redis with one worker; the median time from
-   the command to its image. The difference is what Redis costs a job. Goal: under 5 ms.
+   the command to its image. Generation dominates it, so also:
+3. the protocol alone: `--probes` jobs sent one at a time through the bot's end of Redis
+   (RedisHub, an EngineHandle) to a worker's end (RedisLink) whose engine answers each job at
+   once with a one-PNG result, against the same through the engine's own pipe (a child
+   process that echoes). The difference in the median round trip is what Redis costs a job.
+   Goal: under 5 ms.
 
     python -m benchmarks.redis
     python -m benchmarks.redis --jobs 16 --rounds 10     # quicker
@@ -121,15 +126,144 @@ def latency(folder: Path, redis_url: str, rounds: int) -> float:
             worker.wait(30)
 
 
+ECHO = """
+import sys
+from engine import protocol
+for line in sys.stdin.buffer:
+    job = protocol.decode(line)
+    image = protocol.ImageBlob(sys.argv[1], 0, 64, 64)
+    sys.stdout.buffer.write(protocol.encode(protocol.Result(job.job_id, (image,), 0.0, "base")))
+    sys.stdout.buffer.flush()
+"""
+
+
+async def round_trips(handle, jobs: int) -> float:
+    """Median seconds from handing the engine a job to its result arriving."""
+    import asyncio
+
+    from engine import protocol
+    from engine.params import Params
+
+    times = []
+    for job_id in range(1, jobs + 1):
+        began = time.perf_counter()
+        await handle.submit(protocol.Job(job_id, Params(prompt="x", seed=job_id)))
+        while not isinstance(await asyncio.wait_for(handle.events.get(), 30), protocol.Result):
+            pass
+        times.append(time.perf_counter() - began)
+    return statistics.median(times[5:])
+
+
+async def protocol_probe(folder: Path, redis_url: str, jobs: int) -> tuple[float, float]:
+    """(through a pipe, through Redis): median round trip of a job answered at once."""
+    import asyncio
+    import queue
+    import threading
+
+    from engine import protocol
+    from engine.blobs import LocalBlobs
+    from engine.client import EngineHandle
+    from engine.pool import EnginePool
+    from engine.transport.redis import RedisHub
+    from engine.transport.redis_worker import RedisLink
+
+    blobs = LocalBlobs(folder / "bot-blobs")
+    png = (ROOT / "engine" / "shapes" / "model" / "model_index.json").read_bytes()  # any bytes
+    key = blobs.put(png, ".png")
+
+    class Pipe:  # a child process that answers each job at once, as an engine's pipe would
+        description = "echo"
+
+        async def open(self) -> None:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", ECHO, key, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, cwd=ROOT, env={**os.environ,
+                                                               "PYTHONPATH": str(ROOT)})
+            self.ready = protocol.Ready("echo", "base", "cpu", "float32", max_batch=1)
+
+        async def send(self, message) -> None:
+            self.process.stdin.write(protocol.encode(message))
+            await self.process.stdin.drain()
+
+        async def receive(self):
+            if self.ready is not None:
+                ready, self.ready = self.ready, None
+                return ready
+            line = await self.process.stdout.readline()
+            return protocol.decode(line) if line else None
+
+        async def close(self, timeout: float) -> int | None:
+            self.process.stdin.close()
+            return await self.process.wait()
+
+        async def kill(self) -> int | None:
+            if self.process.returncode is None:
+                self.process.kill()
+            return await self.process.wait()
+
+    piped = EngineHandle(Pipe())
+    await piped.start()
+    through_pipe = await round_trips(piped, jobs)
+    await piped.stop()
+
+    worker_blobs = LocalBlobs(folder / "worker-blobs")
+    worker_blobs.put(png, ".png")
+    link = RedisLink(redis_url, "probe", "cpu", worker_blobs, lease=10)
+    inbox: queue.Queue = queue.Queue()
+    link.start(inbox)
+
+    def echo() -> None:
+        while not isinstance(job := inbox.get(), protocol.Shutdown):
+            worker_blobs.put(png, ".png")  # the worker deletes a result's file once sent
+            link.send(protocol.Result(job.job_id, (protocol.ImageBlob(key, 0, 64, 64),),
+                                      0.0, "base"))
+
+    threading.Thread(target=echo, daemon=True).start()
+    link.send(protocol.Ready("echo", "base", "cpu", "float32", max_batch=1))
+    pool = EnginePool([], RedisHub(redis_url, blobs, lease=10))
+    joined = asyncio.get_running_loop().create_future()
+    pool.on_join = joined.set_result
+    await pool.start()
+    handle = await asyncio.wait_for(joined, 30)
+    said, relay = handle.events, asyncio.Queue()
+
+    async def settled() -> None:  # the bot settles each event once stored; here at once
+        while True:
+            event = await said.get()
+            pool.settle(event)
+            await relay.put(event)
+
+    task = asyncio.create_task(settled())
+    handle.events = relay
+    try:
+        through_redis = await round_trips(handle, jobs)
+    finally:
+        task.cancel()
+        inbox.put(protocol.Shutdown())
+        link.stop()
+        await pool.stop()
+    return through_pipe, through_redis
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.redis")
     parser.add_argument("--jobs", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--probes", type=int, default=200)
+    parser.add_argument("--only-probe", action="store_true", help="just part 3")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="canvas-redis-bench-"))
     server = RedisServer(folder / "redis").start()
     try:
+        import asyncio
+
+        pipe, through_redis = asyncio.run(protocol_probe(folder, server.url, args.probes))
+        print(f"a job answered at once, median round trip of {args.probes}: engine pipe "
+              f"{1000 * pipe:.2f} ms, Redis {1000 * through_redis:.2f} ms: "
+              f"{1000 * (through_redis - pipe):+.2f} ms a job (goal: under 5 ms)", flush=True)
+        if args.only_probe:
+            return 0 if through_redis - pipe < 0.005 else 1
         rates = {}
         for workers in (1, 2):
             run = folder / f"throughput-{workers}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from bot.learning import Learning
 from bot.service.admission import Admission, Progress
@@ -15,6 +16,9 @@ from engine import protocol
 from engine.client import EngineExited, EngineHandle
 from engine.pool import EnginePool
 from engine.transport.streams import MAX_DELIVERIES
+
+if TYPE_CHECKING:
+    from engine.transport.redis import TakenBack
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +135,7 @@ class Dispatch:
         self.engines.leave(handle)
         await self.learning.engine_died(handle.name, trained=trained)
 
-    async def taken_back(self, taken) -> None:
+    async def taken_back(self, taken: TakenBack) -> None:
         """Jobs taken back from a remote worker: queued again at the front, in their order; a
         job that has now stopped MAX_DELIVERIES workers fails instead."""
         for job_id in reversed(taken.jobs):

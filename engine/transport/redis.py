@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
@@ -26,6 +28,9 @@ from engine import protocol
 from engine.blobs import LocalBlobs
 from engine.client import EngineHandle, Event
 from engine.transport import streams
+
+if TYPE_CHECKING:
+    from engine.pool import EnginePool
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +114,13 @@ class RedisHub:
         # with Redis' data, so its stream alone cannot say).
         self._orphans: dict[str, set[int]] = {}
         self._tasks: list[asyncio.Task] = []
-        self._pool = None
+        self._pool: EnginePool | None = None
         self._lost_redis = False
         self.on_taken_back: Callable[[TakenBack], Awaitable[None]] | None = None
 
     # ---- start and stop ------------------------------------------------------------------
 
-    async def start(self, pool) -> None:
+    async def start(self, pool: EnginePool) -> None:
         self._pool = pool
         await self._patiently(self._make_group)
         await self._patiently(self._find_held)
@@ -393,6 +398,4 @@ def _message(fields: dict[bytes, bytes]) -> protocol.ToEngine | protocol.FromEng
 
 
 def _with_worker(result: protocol.Result, worker: str) -> protocol.Result:
-    import dataclasses
-
     return dataclasses.replace(result, worker=worker)

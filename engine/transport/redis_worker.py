@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import secrets
 import socket
 import threading
 import time
@@ -31,8 +32,6 @@ RETRY = 0.5  # seconds between tries while Redis is unreachable
 def worker_id(name: str) -> str:
     """One incarnation of a worker: its name and a random tail, so a worker started again
     under the same name never renews, finishes or reads what the old one held."""
-    import secrets
-
     return f"{name}-{secrets.token_hex(3)}"
 
 
