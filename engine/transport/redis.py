@@ -165,10 +165,8 @@ class RedisHub:
     async def _find_held(self) -> None:
         """What the workers hold and what they said while the bot was away."""
         for worker in await self._workers():
-            for _, fields in await self.redis.xrange(streams.inbox(worker)):
-                message = _message(fields)
-                if isinstance(message, protocol.Job):
-                    self.held[message.job_id] = worker
+            for job in await self._jobs_in(worker):
+                self.held[job.job_id] = worker
         for _, fields in await self.redis.xrange(streams.EVENTS):
             message = _message(fields)
             if isinstance(message, protocol.Result | protocol.Failed):
