@@ -126,6 +126,7 @@ async def serve(settings: Settings, *, console: bool | None = None,
 
     `console=None` means: the console only when no chat token is set."""
     from bot.adapters.console import ConsoleAdapter
+    from bot.web.app import WebServer
 
     settings.storage.images.mkdir(parents=True, exist_ok=True)
     store = await Store.open(settings.storage.db, blobs_of(settings))
@@ -134,8 +135,8 @@ async def serve(settings: Settings, *, console: bool | None = None,
     adapters = [load_adapter(platform)(service, settings) for platform in chats]
     terminal = ConsoleAdapter(service, json_mode=json_mode) if console or not chats else None
     # Adapters first: each registers where its chats' results go before the service takes
-    # up what an earlier run left undelivered.
-    components: list[Component] = [*adapters, service]
+    # up what an earlier run left undelivered. The web app is one more way in.
+    components: list[Component] = [*adapters, WebServer(service, settings), service]
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

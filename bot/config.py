@@ -34,6 +34,7 @@ __all__ = [
     "Settings",
     "StorageSettings",
     "TelegramSettings",
+    "WebSettings",
     "default_config_path",
     "load_settings",
     "split_host_port",
@@ -49,9 +50,9 @@ def _setting(default: Any, *, secret: bool = False, **rules: Any) -> Any:
 
     Rules: choices, min, max, auto (an int that may also be written `auto`, kept as
     AUTO_BATCH), schemes (URL schemes, empty allowed), strip_slash, nonempty, digits (numeric
-    ids), host_port (`host:port`), token_chars (empty, or what Telegram accepts as a webhook
-    secret token). A secret field is left out of repr() and its value is never put in an
-    error message.
+    ids), host_port (`host:port`; with empty_ok, empty too), token_chars (empty, or what
+    Telegram accepts as a webhook secret token). A secret field is left out of repr() and its
+    value is never put in an error message.
     """
     return field(default=default, repr=not secret, metadata={"secret": secret, **rules})
 
@@ -191,6 +192,27 @@ class QueueSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    # Where the gallery's web server listens; empty: no web app.
+    listen: str = _setting("127.0.0.1:8080", host_port=True, empty_ok=True)
+    # The address people reach it by, put in the links /web sends (behind a reverse proxy:
+    # its https:// address); empty: http://<listen>.
+    public_url: str = _setting("", schemes=_HTTP, strip_slash=True)
+    # Lets /metrics answer other hosts than the listen address's own, given as a bearer token.
+    metrics_token: str = _setting("", secret=True)
+
+    @property
+    def base_url(self) -> str:
+        """Where links point: public_url, else the listen address itself."""
+        if self.public_url or not self.listen:
+            return self.public_url
+        host, port = split_host_port(self.listen)
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+@dataclass(frozen=True)
 class Settings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -199,6 +221,7 @@ class Settings:
     admins: AdminSettings = field(default_factory=AdminSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     log_level: str = _setting("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
 
 
@@ -393,6 +416,8 @@ def _check(value: Any, rules: Mapping[str, Any]) -> Any:
     if rules.get("digits") and not re.fullmatch(r"[0-9]+", value):
         raise _Invalid
     if rules.get("host_port"):
+        if rules.get("empty_ok") and not value.strip():
+            return ""
         try:
             split_host_port(value)
         except ValueError:
@@ -418,7 +443,8 @@ def _expected(kind: type, rules: Mapping[str, Any]) -> str:
     if rules.get("digits"):
         return "a numeric user id"
     if rules.get("host_port"):
-        return "host:port with a port from 1 to 65535"
+        empty = "empty or " if rules.get("empty_ok") else ""
+        return f"{empty}host:port with a port from 1 to 65535"
     if rules.get("token_chars"):
         return "empty or 1 to 256 of the characters A-Z, a-z, 0-9, _ and -"
     if kind is bool:

@@ -159,7 +159,9 @@ class LearningStore:
     async def record_progress(self, run_id: int, step: int, loss: float) -> None:
         async with self.transaction() as db:
             await db.execute("UPDATE training_runs SET step = ?, loss = ? WHERE id = ?",
-                                   (step, loss, run_id))
+                             (step, loss, run_id))
+            await db.execute("INSERT OR REPLACE INTO training_losses (run_id, step, loss)"
+                             " VALUES (?, ?, ?)", (run_id, step, loss))
 
     async def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
         async with self.transaction() as db:

@@ -190,8 +190,49 @@ MODEL_LOADS = """
 # The remote worker that made a job's images ('' where the bot's own engine did).
 JOB_WORKER = "ALTER TABLE jobs ADD COLUMN worker TEXT NOT NULL DEFAULT ''"
 
+# The web app: prompts searched with FTS5 (kept in step with jobs by triggers), a training
+# run's loss at each step for its chart, one-time sign-in links and sessions (only hashes of
+# their tokens are kept, so a copy of the database signs no one in), and the indexes the
+# gallery's filters use.
+WEB = """
+    CREATE VIRTUAL TABLE prompts USING fts5(prompt, content='jobs', content_rowid='id');
+    INSERT INTO prompts (rowid, prompt) SELECT id, prompt FROM jobs;
+    CREATE TRIGGER prompts_add AFTER INSERT ON jobs BEGIN
+        INSERT INTO prompts (rowid, prompt) VALUES (new.id, new.prompt);
+    END;
+    CREATE TRIGGER prompts_drop AFTER DELETE ON jobs BEGIN
+        INSERT INTO prompts (prompts, rowid, prompt) VALUES ('delete', old.id, old.prompt);
+    END;
+    CREATE TRIGGER prompts_change AFTER UPDATE OF prompt ON jobs BEGIN
+        INSERT INTO prompts (prompts, rowid, prompt) VALUES ('delete', old.id, old.prompt);
+        INSERT INTO prompts (rowid, prompt) VALUES (new.id, new.prompt);
+    END;
+    CREATE TABLE training_losses (
+        run_id INTEGER NOT NULL REFERENCES training_runs(id),
+        step INTEGER NOT NULL,
+        loss REAL NOT NULL,
+        PRIMARY KEY (run_id, step)
+    );
+    CREATE TABLE web_links (
+        token_hash TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        expires_at REAL NOT NULL,
+        used_at REAL
+    );
+    CREATE TABLE web_sessions (
+        token_hash TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        csrf TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX images_by_version ON images(version, id);
+    CREATE INDEX jobs_by_source ON jobs(source_image_id);
+"""
+
 Migration = str | Callable[[aiosqlite.Connection, Blobs], Awaitable[None]]
-MIGRATIONS: tuple[Migration, ...] = (FIRST_SCHEMA, params_and_blobs, MODEL_LOADS, JOB_WORKER)
+MIGRATIONS: tuple[Migration, ...] = (FIRST_SCHEMA, params_and_blobs, MODEL_LOADS, JOB_WORKER,
+                                     WEB)
 
 
 async def migrate(db: aiosqlite.Connection, blobs: Blobs) -> None:

@@ -99,7 +99,9 @@ def fast_telegram_adapter(service: Service, settings: Settings) -> Any:
 
 def write_config(folder: Path, **sections: dict[str, Any]) -> Path:
     """A config.yaml whose data lives in `folder`; keyword arguments override sections."""
-    config: dict[str, Any] = {"storage": {"db": "canvas.db", "images": "images"}}
+    # No web server unless a test asks for one: tests run side by side, and 8080 is one port.
+    config: dict[str, Any] = {"storage": {"db": "canvas.db", "images": "images"},
+                              "web": {"listen": ""}}
     for name, values in sections.items():
         config.setdefault(name, {}).update(values)
     path = folder / "config.yaml"

@@ -69,6 +69,9 @@ class ConsoleAdapter:
             where = f" ({ready.device})" if ready else ""
             print(f"Magic Canvas on {self.service.checkpoint}{where}. Type a command such as "
                   "/imagine a red circle, or /help.", file=self.stdout, flush=True)
+            if self.service.web_running:
+                print(f"The web gallery is at {self.service.settings.web.base_url} "
+                      "(type /web for your sign-in link).", file=self.stdout, flush=True)
         lines = self._lines()
         while (line := await lines.get()) is not None:
             if line.strip():
@@ -115,8 +118,8 @@ class ConsoleAdapter:
         if reply.error:
             self.emit_error(reply.text)
         else:
-            self.emit({"type": "text", "text": reply.text, "job": reply.job_id},
-                      reply.text)
+            self.emit({"type": "text", "text": reply.text, "job": reply.job_id,
+                       "link": reply.link}, reply.text)
 
     def emit_error(self, text: str, job_id: int | None = None) -> None:
         self.emit({"type": "error", "error": text, "job": job_id}, text)

@@ -30,6 +30,7 @@ from telegram import (
     CallbackQuery,
     InputFile,
     InputMediaPhoto,
+    LinkPreviewOptions,
     Message,
     ReplyParameters,
     Update,
@@ -217,7 +218,10 @@ class TelegramAdapter:
                 reply = await self.service.handle(_user(message), request,
                                                   origin=_origin(message, None))
                 text = reply.text + (TELEGRAM_NOTE if isinstance(request, cmd.Help) else "")
-                await self._reply(message, text)
+                if reply.private:
+                    await self._reply_privately(message, text)
+                else:
+                    await self._reply(message, text)
         except Exception:
             log.exception("telegram: could not answer a command")
             await self._reply(message, "Sorry, something went wrong on my side. Please try "
@@ -402,11 +406,29 @@ class TelegramAdapter:
             log.info("status not edited (%s); replying instead", error)
             await self.bot.send_message(status.chat_id, text)
 
-    async def _reply(self, message: Message, text: str) -> None:
+    async def _reply(self, message: Message, text: str, **options: Any) -> None:
         try:
-            await message.reply_text(text, do_quote=True)
+            await message.reply_text(text, do_quote=True, **options)
         except TelegramError as error:
             log.info("could not reply in chat %s: %s", message.chat_id, error)
+
+    async def _reply_privately(self, message: Message, text: str) -> None:
+        """A reply for the user alone (a sign-in link): in their private chat with the bot,
+        never in a group. Without a link preview, whose fetch would use the link up."""
+        quiet = LinkPreviewOptions(is_disabled=True)
+        if message.chat.type == "private":
+            await self._reply(message, text, link_preview_options=quiet)
+            return
+        user = _user(message)
+        try:
+            await self.bot.send_message(int(user.user_id), text, link_preview_options=quiet)
+        except TelegramError as error:
+            log.info("could not write to a user privately: %s", error)
+            await self._reply(message, "I can't write to you privately yet: open a chat with "
+                              f"me (@{self.bot.username}), press Start, then send the "
+                              "command there.")
+            return
+        await self._reply(message, "I sent it to you in a private message.")
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         log.error("telegram: error while handling an update: %s", context.error,

@@ -27,6 +27,7 @@ from bot.commands.requests import (
     ShowModels,
     ShowQueue,
     Vary,
+    Web,
 )
 from bot.commands.values import (
     MAX_CFG,
@@ -47,6 +48,6 @@ __all__ = [
     "COMMANDS", "HELP_TEXT", "MAX_CFG", "MAX_ID", "MAX_IMAGES", "MAX_NAME_CHARS", "MAX_RANK",
     "MAX_RATIO", "MAX_SCORE", "MAX_SEED", "MAX_SIDE", "MAX_STEPS", "MAX_TRAIN_STEPS", "TABLE",
     "Cancel", "Command", "CommandError", "Help", "History", "Imagine", "Inpaint", "ModelCmd",
-    "Option", "Rate", "Request", "Retrain", "ShowModels", "ShowQueue", "Vary", "parse",
-    "parse_typed",
+    "Option", "Rate", "Request", "Retrain", "ShowModels", "ShowQueue", "Vary", "Web",
+    "parse", "parse_typed",
 ]

@@ -221,6 +221,8 @@ _COMMANDS = (
     Command("models", "List the models to draw with", rq.ShowModels,
             more="Use one with /imagine ... --model <name>."),
     Command("history", "Show your recent pictures", rq.History),
+    Command("web", "Get a link that signs you in to the web gallery", rq.Web,
+            more="The link is sent to you alone, works once, for 10 minutes."),
     Command("help", "Show every command and its options", rq.Help, aliases=("start",),
             anything=True),  # Telegram sends /start when someone first opens the bot
     Command("retrain", "Fine-tune the model on well-rated pictures", rq.Retrain,

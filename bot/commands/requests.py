@@ -55,6 +55,11 @@ class Help:
 
 
 @dataclass(frozen=True)
+class Web:
+    pass
+
+
+@dataclass(frozen=True)
 class Retrain:
     action: Literal["start", "status", "cancel"] = "start"
     steps: int | None = None
@@ -76,7 +81,7 @@ class ShowModels:
 
 
 Request = (Imagine | Vary | Inpaint | Rate | Cancel | ShowQueue | History | Help | Retrain
-           | ModelCmd | ShowModels)
+           | ModelCmd | ShowModels | Web)
 
 
 def imagine(**given: object) -> Imagine:

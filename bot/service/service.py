@@ -27,6 +27,7 @@ from bot.service.jobs import JobMaker
 from bot.service.models import ModelBoard
 from bot.service.types import OUR_FAULT, Attachment, Deliverer, Reply, User
 from bot.store import ImageRow, Store
+from bot.web.auth import SignIns
 from engine.blobs import LocalBlobs
 from engine.pool import EnginePool
 
@@ -50,6 +51,8 @@ class Service:
         self.dispatch = Dispatch(store, engines, self.admission, self.delivery, self.learning,
                                  self.models)
         self.jobs = JobMaker(settings, store, self.models)
+        self.sign_ins = SignIns(store)
+        self.web_running = False  # set by the web server (bot/web/) once it listens
 
     # ---- start and stop ------------------------------------------------------------------
 
@@ -153,6 +156,8 @@ class Service:
                 return await self._history(user_id)
             case cmd.Help():
                 return Reply(self._help_text())
+            case cmd.Web():
+                return await self._web_link(user_id)
             case cmd.Retrain() | cmd.ModelCmd():
                 name = "/retrain" if isinstance(request, cmd.Retrain) else "/model"
                 if not self.is_admin(user):
@@ -188,6 +193,15 @@ class Service:
             return Reply(f"Cancelled job #{job_id}.", job_id=job_id)
         await self.engines.cancel(job_id)
         return Reply(f"Stopping job #{job_id}…", job_id=job_id)
+
+    async def _web_link(self, user_id: int) -> Reply:
+        if not self.web_running:
+            raise UserError("The web gallery is not running on this bot (its admins can turn "
+                            "it on with web.listen in the settings).")
+        token = await self.sign_ins.new_link(user_id)
+        link = f"{self.settings.web.base_url}/signin/{token}"
+        return Reply("Your sign-in link for the web gallery (it works once, for the next 10 "
+                     f"minutes; keep it to yourself): {link}", private=True, link=link)
 
     def _help_text(self) -> str:
         """The commands, then what this model's family does with the options."""

@@ -28,12 +28,16 @@ class Attachment:
 
 @dataclass(frozen=True)
 class Reply:
-    """The immediate answer to a command. `job_id` is set when a job was queued."""
+    """The immediate answer to a command. `job_id` is set when a job was queued. A `private`
+    reply is for the user's eyes only (a sign-in link): an adapter sends it where no one else
+    sees it, or not at all."""
 
     text: str
     error: bool = False
     job_id: int | None = None
     position: int | None = None
+    private: bool = False
+    link: str | None = None  # the address the text gives, for adapters that show it apart
 
     @property
     def queued(self) -> bool:

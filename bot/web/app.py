@@ -1,0 +1,144 @@
+"""The web app's server: aiohttp in the bot process, started and stopped with the adapters.
+
+It reads the store through a read-only connection of its own, so a slow gallery query never
+holds up the bot's reads, and writes (a rating, a sign-in, a version switch) only through the
+service and the store's own transactions. The guard below runs before every page: it finds
+who is signed in, turns away everyone else, checks every form's CSRF token, and adds the
+headers that keep pages private.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from pathlib import Path
+
+import aiosqlite
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from bot.config import Settings, split_host_port
+from bot.service import Service, User
+from bot.web import pages
+from bot.web.auth import Viewer
+
+log = logging.getLogger(__name__)
+
+COOKIE = "canvas_session"
+OPEN_ROUTES = {"signin", "signin_link", "signin_use", "static", "metrics"}
+HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    # The sign-in page's address holds its token: never sent on to another site.
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; img-src 'self'; "
+                               "style-src 'self' 'unsafe-inline'; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+}
+
+
+class QuietAccessLogger(AbstractAccessLogger):
+    """One line a request, by route: a sign-in link's token never reaches the log."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        route = request.match_info.route if hasattr(request, "match_info") else None
+        name = getattr(route, "name", None)
+        path = f"<{name}>" if name in ("signin_link", "signin_use") else request.path
+        self.logger.info("%s %s %s %.0f ms", request.method, path, response.status,
+                         time * 1000)
+
+
+def viewer_of(request: web.Request) -> Viewer | None:
+    return request.get("viewer")
+
+
+def is_admin(service: Service, viewer: Viewer | None) -> bool:
+    return viewer is not None and service.is_admin(
+        User(viewer.platform, viewer.platform_user_id, viewer.name))
+
+
+@web.middleware
+async def guard(request: web.Request, handler: pages.Handler) -> web.StreamResponse:
+    service: Service = request.app[pages.SERVICE]
+    viewer = None
+    session = request.cookies.get(COOKIE, "")
+    if session:
+        viewer = await service.sign_ins.viewer(session)
+    request["viewer"] = viewer
+    request["admin"] = is_admin(service, viewer)
+    route = getattr(request.match_info.route, "name", None)
+    try:
+        if viewer is None and route not in OPEN_ROUTES and route is not None:
+            if request.method == "GET":
+                raise web.HTTPSeeOther("/signin")
+            raise web.HTTPUnauthorized(text="Please sign in: send /web to the bot.")
+        if request.method == "POST" and route not in OPEN_ROUTES:
+            form = await request.post()
+            sent = str(form.get("csrf", ""))
+            if viewer is None or not hmac.compare_digest(sent, viewer.csrf):
+                raise web.HTTPForbidden(text="This form has expired; please reload the page "
+                                             "and try again.")
+        response = await handler(request)
+    except web.HTTPException as answer:
+        if answer.status >= 400 and answer.content_type != "text/html":
+            answer = pages.error_page(request, answer.status, answer.text or answer.reason)
+        response = answer
+    for name, value in HEADERS.items():
+        response.headers.setdefault(name, value)
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def make_app(service: Service, settings: Settings, reader: aiosqlite.Connection) -> web.Application:
+    app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
+    pages.install(app, service, settings, reader)
+    return app
+
+
+def _read_only(db: Path) -> str:
+    return f"{db.absolute().as_uri()}?mode=ro"
+
+
+class WebServer:
+    """The component `canvas run` starts and stops; off when web.listen is empty."""
+
+    def __init__(self, service: Service, settings: Settings) -> None:
+        self.service = service
+        self.settings = settings
+        self.runner: web.AppRunner | None = None
+        self.reader: aiosqlite.Connection | None = None
+
+    async def start(self) -> None:
+        listen = self.settings.web.listen
+        if not listen:
+            return
+        host, port = split_host_port(listen)
+        self.reader = await aiosqlite.connect(_read_only(self.settings.storage.db), uri=True)
+        await self.reader.execute("PRAGMA busy_timeout = 5000")
+        runner = web.AppRunner(make_app(self.service, self.settings, self.reader),
+                               access_log_class=QuietAccessLogger, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as error:
+            # A web server that cannot listen must not stop the chat bot.
+            log.warning("web: cannot listen on %s (%s); the web gallery is off. Set web.listen "
+                        "to a free host:port, or empty to turn it off.", listen,
+                        error.strerror or error)
+            await runner.cleanup()
+            await self.reader.close()
+            self.reader = None
+            return
+        self.runner = runner
+        self.service.web_running = True
+        log.info("web: the gallery is at %s (send /web in a chat for a sign-in link)",
+                 self.settings.web.base_url)
+
+    async def stop(self) -> None:
+        self.service.web_running = False
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+        if self.reader is not None:
+            await self.reader.close()
+            self.reader = None
