@@ -239,7 +239,8 @@ class Learning:
                                      event.engine)
             case protocol.TrainProgress():
                 self.progress = event
-                await self.versions.record_progress(event.run_id, event.step, event.loss)
+                await self.versions.record_progress(event.run_id, event.step, event.loss,
+                                                     event.losses)
                 quarter = 4 * event.step // event.total
                 if 0 < quarter < 4 and quarter > self._announced_quarter:
                     self._announced_quarter = quarter

@@ -156,12 +156,19 @@ class LearningStore:
         values["origin"] = json.loads(values["origin"])
         return RunRow(**values)
 
-    async def record_progress(self, run_id: int, step: int, loss: float) -> None:
+    async def record_progress(self, run_id: int, step: int, loss: float,
+                              losses: Sequence[float] = ()) -> None:
+        """The run is at `step` with `loss`; `losses` are the steps' own up to it (for the
+        chart), else only this step's is kept."""
+        steps = losses or (loss,)
+        first = step - len(steps) + 1
         async with self.transaction() as db:
             await db.execute("UPDATE training_runs SET step = ?, loss = ? WHERE id = ?",
                              (step, loss, run_id))
-            await db.execute("INSERT OR REPLACE INTO training_losses (run_id, step, loss)"
-                             " VALUES (?, ?, ?)", (run_id, step, loss))
+            await db.executemany(
+                "INSERT OR REPLACE INTO training_losses (run_id, step, loss) VALUES (?, ?, ?)",
+                [(run_id, first + n, value) for n, value in enumerate(steps)
+                 if value == value])  # NaN: a step with no loss to draw
 
     async def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
         async with self.transaction() as db:

@@ -94,6 +94,7 @@ class LoraTrainer:
         self.denoiser = self.family.module  # eager, even where generation is compiled
         self.step = 0
         self.loss = float("nan")
+        self.losses: list[float] = []  # each step's, since they were last taken
         self.began = time.perf_counter()
         self.chain = tuple(adapter.version for adapter in request.parents) + (request.version,)
         self.generator = torch.Generator("cpu").manual_seed(request.seed)
@@ -145,6 +146,7 @@ class LoraTrainer:
         try:
             while not self.done:
                 self.loss = self._train_step()
+                self.losses.append(self.loss)
                 self.step += 1
                 if time.perf_counter() > deadline:
                     break

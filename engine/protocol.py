@@ -209,6 +209,7 @@ class TrainProgress:
     total: int
     loss: float
     seconds: float
+    losses: tuple[float, ...] = ()  # each step's loss since the last report, ending at `step`
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,7 @@ _NESTED: dict[tuple[type, str], type | None] = {
     (Ready, "models"): None,
     (ModelLoaded, "evicted"): None,
     (Order, "job_ids"): None,
+    (TrainProgress, "losses"): None,
     (Result, "images"): ImageBlob,
     (UseVersion, "chain"): Adapter,
     (Train, "parents"): Adapter,

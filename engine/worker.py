@@ -568,8 +568,9 @@ class Engine:
         request = trainer.request
         try:
             trainer.run_slice(TRAIN_SLICE_SECONDS)
+            losses, trainer.losses = tuple(trainer.losses), []
             self.send(protocol.TrainProgress(request.run_id, trainer.step, request.steps,
-                                             trainer.loss, round(trainer.seconds, 2)))
+                                             trainer.loss, round(trainer.seconds, 2), losses))
             if not trainer.done:
                 return
             key = trainer.save()

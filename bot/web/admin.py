@@ -18,15 +18,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from bot import commands as cmd
 from bot.learning_store import LearningStore, RunRow, VersionRow
-from bot.service import Service, User
+from bot.service import Service
 from bot.web import figures
-from bot.web.auth import Viewer
 from bot.web.charts import Series, line_chart
-from bot.web.pages import READER, SERVICE, SETTINGS, render
+from bot.web.pages import ADMIN, READER, SERVICE, SETTINGS, render, user_of
 
 
 def _only_admins(request: web.Request) -> None:
-    if not request["admin"]:
+    if not request[ADMIN]:
         raise web.HTTPForbidden(text="Only the bot's admins can see this page.")
 
 
@@ -105,9 +104,7 @@ async def use_version(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     if model not in service.models.names:
         raise web.HTTPBadRequest(text="There is no such model.")
-    viewer: Viewer = request["viewer"]
-    user = User(viewer.platform, viewer.platform_user_id, viewer.name)
-    reply = await service.handle(user, cmd.ModelCmd("use", version, checkpoint=model))
+    reply = await service.handle(user_of(request), cmd.ModelCmd("use", version, checkpoint=model))
     return await models_page(request, said=f"{model}: {reply.text}",
                              status=400 if reply.error else 200)
 

@@ -21,6 +21,7 @@ from bot.config import Settings, split_host_port
 from bot.service import Service, User
 from bot.web import pages
 from bot.web.auth import Viewer
+from bot.web.pages import ADMIN, VIEWER
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,6 @@ class QuietAccessLogger(AbstractAccessLogger):
                          time * 1000)
 
 
-def viewer_of(request: web.Request) -> Viewer | None:
-    return request.get("viewer")
-
-
 def is_admin(service: Service, viewer: Viewer | None) -> bool:
     return viewer is not None and service.is_admin(
         User(viewer.platform, viewer.platform_user_id, viewer.name))
@@ -64,8 +61,8 @@ async def guard(request: web.Request, handler: pages.Handler) -> web.StreamRespo
     session = request.cookies.get(COOKIE, "")
     if session:
         viewer = await service.sign_ins.viewer(session)
-    request["viewer"] = viewer
-    request["admin"] = is_admin(service, viewer)
+    request[VIEWER] = viewer
+    request[ADMIN] = is_admin(service, viewer)
     route = getattr(request.match_info.route, "name", None)
     try:
         if viewer is None and route not in OPEN_ROUTES and route is not None:
@@ -80,9 +77,14 @@ async def guard(request: web.Request, handler: pages.Handler) -> web.StreamRespo
                                              "and try again.")
         response = await handler(request)
     except web.HTTPException as answer:
-        if answer.status >= 400 and answer.content_type != "text/html":
-            answer = pages.error_page(request, answer.status, answer.text or answer.reason)
-        response = answer
+        if answer.status < 400:  # a redirect
+            _private(answer)
+            raise
+        response = pages.error_page(request, answer.status, answer.text or answer.reason)
+    return _private(response)
+
+
+def _private(response: web.StreamResponse) -> web.StreamResponse:
     for name, value in HEADERS.items():
         response.headers.setdefault(name, value)
     response.headers.setdefault("Cache-Control", "no-store")

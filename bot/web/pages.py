@@ -30,6 +30,8 @@ SERVICE = web.AppKey("service", Service)
 SETTINGS = web.AppKey("settings", Settings)
 READER = web.AppKey("reader", aiosqlite.Connection)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
+VIEWER = web.RequestKey("viewer", Viewer | None)  # set by the guard (bot/web/app.py)
+ADMIN = web.RequestKey("admin", bool)
 HERE = Path(__file__).parent
 MAX_ID = 2**62
 SECURE_COOKIE_SCHEMES = ("https://",)
@@ -56,9 +58,9 @@ def templates() -> jinja2.Environment:
 
 def render(request: web.Request, template: str, status: int = 200,
            **context: Any) -> web.Response:
-    viewer: Viewer | None = request.get("viewer")
+    viewer = request.get(VIEWER)
     page = request.app[TEMPLATES].get_template(template).render(
-        viewer=viewer, admin=request.get("admin", False),
+        viewer=viewer, admin=request.get(ADMIN, False),
         csrf=viewer.csrf if viewer else "", **context)
     return web.Response(text=page, content_type="text/html", status=status)
 
@@ -68,8 +70,9 @@ def error_page(request: web.Request, status: int, text: str) -> web.Response:
 
 
 def scope_of(request: web.Request) -> gallery.Scope:
-    viewer: Viewer = request["viewer"]
-    return gallery.Scope(viewer.user_id, request["admin"])
+    viewer = request[VIEWER]
+    assert viewer is not None  # the guard lets no one else through
+    return gallery.Scope(viewer.user_id, request[ADMIN])
 
 
 def image_id(request: web.Request) -> int:
@@ -83,7 +86,7 @@ def image_id(request: web.Request) -> int:
 
 
 async def signin(request: web.Request) -> web.Response:
-    if request.get("viewer"):
+    if request.get(VIEWER):
         raise web.HTTPSeeOther("/")
     return render(request, "signin.html", refused=None, token=None)
 
@@ -105,7 +108,7 @@ async def signin_use(request: web.Request) -> web.Response:
         session = await service.sign_ins.redeem(request.match_info["token"])
     except LinkRefused as refused:
         return render(request, "signin.html", status=410, refused=str(refused), token=None)
-    response = web.HTTPSeeOther("/")
+    response = web.Response(status=303, headers={"Location": "/"})
     secure = request.secure or request.app[SETTINGS].web.public_url.startswith(
         SECURE_COOKIE_SCHEMES)
     response.set_cookie("canvas_session", session, httponly=True, samesite="Lax",
@@ -115,7 +118,7 @@ async def signin_use(request: web.Request) -> web.Response:
 
 async def signout(request: web.Request) -> web.Response:
     await request.app[SERVICE].sign_ins.end(request.cookies.get("canvas_session", ""))
-    response = web.HTTPSeeOther("/signin")
+    response = web.Response(status=303, headers={"Location": "/signin"})
     response.del_cookie("canvas_session", path="/")
     return response
 
@@ -151,12 +154,18 @@ async def rate(request: web.Request) -> web.Response:
     score = str(form.get("score", ""))
     if score not in ("1", "2", "3", "4", "5"):
         raise web.HTTPBadRequest(text="A rating is a whole number from 1 to 5.")
-    viewer: Viewer = request["viewer"]
-    user = User(viewer.platform, viewer.platform_user_id, viewer.name)
-    reply = await request.app[SERVICE].handle(user, cmd.Rate(number, int(score)))  # as /rate
+    rating = cmd.Rate(number, int(score))  # the same action as /rate in a chat
+    reply = await request.app[SERVICE].handle(user_of(request), rating)
     if reply.error:
         raise web.HTTPBadRequest(text=reply.text)
     raise web.HTTPSeeOther(f"/image/{number}")
+
+
+def user_of(request: web.Request) -> User:
+    """The signed-in viewer as the service knows users."""
+    viewer = request[VIEWER]
+    assert viewer is not None
+    return User(viewer.platform, viewer.platform_user_id, viewer.name)
 
 
 async def _file_of(request: web.Request) -> Path:
