@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,6 +33,13 @@ from bot.service import Service
 from bot.store import ImageRow, JobRow, Store
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def job_row(db: Path, job_id: int) -> sqlite3.Row:

@@ -73,6 +73,7 @@ def test_commands_describe_every_command_in_one_line():
         "retrain",
         "model",
         "models",
+        "web",
     }
     for name, description in COMMANDS.items():
         # Telegram's setMyCommands: lowercase names up to 32 chars, descriptions 3-256.

@@ -327,7 +327,7 @@ BAD = [
     (
         "webhooks: {}\n",
         "webhooks: unknown setting "
-        "(known: engine, storage, discord, telegram, admins, limits, queue, log_level)",
+        "(known: engine, storage, discord, telegram, admins, limits, queue, web, log_level)",
     ),
     ("engine: cuda\n", "engine: must be a section of `name: value` lines (got a str)"),
     ("queue:\n  url: http://redis:6379\n",
@@ -491,3 +491,25 @@ def test_a_redis_url_with_its_password_is_kept_out_of_repr(tmp_path: Path) -> No
     assert settings.queue.url == "redis://:hunter2@gpu-box:6379/0"
     assert not settings.queue.local_engine and settings.queue.lease == 10.0
     assert "hunter2" not in repr(settings)
+
+
+def test_the_web_listens_on_localhost_by_default_and_empty_turns_it_off(tmp_path: Path) -> None:
+    web = load(tmp_path, "log_level: INFO\n").web
+    assert web.listen == "127.0.0.1:8080" and web.base_url == "http://127.0.0.1:8080"
+    assert load(tmp_path, "web:\n  listen: ''\n").web.listen == ""
+    behind = load(tmp_path, "web:\n  listen: 0.0.0.0:9000\n  public_url: https://pics.example/\n"
+                  "  metrics_token: s3cret\n").web
+    assert behind.base_url == "https://pics.example"
+    assert "s3cret" not in repr(behind)
+    assert load(tmp_path, "web:\n  listen: '[::]:9000'\n").web.base_url == "http://127.0.0.1:9000"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("web:\n  listen: localhost\n",
+     "web.listen: must be empty or host:port with a port from 1 to 65535 (got 'localhost')"),
+    ("web:\n  public_url: pics.example\n",
+     "web.public_url: must be empty or start with http:// or https:// (got 'pics.example')"),
+])
+def test_bad_web_settings_are_refused_with_the_key(tmp_path: Path, text: str,
+                                                   message: str) -> None:
+    assert error(tmp_path, text) == message

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from PIL import Image
@@ -25,9 +27,10 @@ from bot.cli import build_service
 from bot.config import load_settings
 from bot.service import Service
 from bot.store import JobRow, Store
+from bot.web.app import WebServer
 from engine.params import Params
 from engine.shapes import checker, draw
-from tests.conftest import LogLines, write_config
+from tests.conftest import LogLines, free_port, write_config
 from tests.fake_discord import (
     APPLICATION_ID,
     BOT_TOKEN,
@@ -45,7 +48,7 @@ FAST = 3  # steps for jobs whose picture is not looked at
 MAX_IMAGE_BYTES = 200_000
 MAX_IMAGE_PIXELS = 1_000_000
 COMMAND_NAMES = ["imagine", "vary", "inpaint", "rate", "cancel", "queue", "models", "history",
-                 "help", "retrain", "model"]
+                 "web", "help", "retrain", "model"]
 
 
 class World:
@@ -64,6 +67,7 @@ class World:
             discord={"token": BOT_TOKEN, "api_base_url": self.fake.api_base_url,
                      "gateway_url": self.fake.gateway_url, "guild_ids": [GUILD_ID]},
             admins={"discord": [ADMIN]}, engine={"max_batch": 1},
+            web={"listen": f"127.0.0.1:{free_port()}"},
             limits={"max_image_bytes": MAX_IMAGE_BYTES, "max_image_pixels": MAX_IMAGE_PIXELS})
         self.settings = load_settings(config)
 
@@ -71,11 +75,14 @@ class World:
         self.store = await Store.open(self.settings.storage.db)
         self.service: Service = build_service(self.settings, self.store)
         self.adapter = DiscordAdapter(self.service, self.settings)
+        self.web = WebServer(self.service, self.settings)
         await self.adapter.start()
+        await self.web.start()
         await self.service.start()
 
     async def stop_bot(self) -> None:
         await self.adapter.stop()
+        await self.web.stop()
         await self.service.stop()
         await self.store.close()
 
@@ -276,6 +283,14 @@ async def test_vary_reroll_and_rating_buttons_work_for_anyone(world: World):
     [rating] = world.db("SELECT score FROM ratings JOIN users ON users.id = ratings.user_id "
                         "WHERE image_id = ? AND platform_user_id = ?", image_id, str(BOB))
     assert rating["score"] == 4
+
+
+async def test_web_answers_with_a_sign_in_link_only_the_user_sees(world: World):
+    answer = await world.answer(await world.fake.slash("web", ALICE))
+    assert answer.ephemeral and "works once, for the next 10 minutes" in answer.content
+    link = re.search(r"http://\S+/signin/[\w-]+", answer.content).group(0)
+    async with aiohttp.ClientSession() as http, http.get(link) as page:
+        assert page.status == 200 and 'id="signin"' in await page.text()
 
 
 async def test_rate_command_and_history_answer_only_the_user(world: World):

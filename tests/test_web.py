@@ -25,7 +25,14 @@ from bot.store import Store
 from bot.web.app import WebServer
 from tests import fake_telegram as tg
 from tests.browser import chromium, chromium_path
-from tests.conftest import LogLines, capture_logs, fast_telegram_adapter, write_config
+from tests.conftest import (
+    LogLines,
+    capture_logs,
+    fast_telegram_adapter,
+    free_port,
+    run_console,
+    write_config,
+)
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -37,12 +44,6 @@ ADMIN_CHAT = {**tg.PRIVATE, "id": tg.ADMIN["id"], "first_name": "Ada"}
 LINK = re.compile(r"http://127\.0\.0\.1:\d+/signin/[A-Za-z0-9_-]+")
 # CANVAS_SCREENSHOTS=folder: the tests also save the README's screenshots there.
 SCREENSHOTS = os.environ.get("CANVAS_SCREENSHOTS")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -359,3 +360,27 @@ async def test_no_token_reaches_the_log_or_a_page(site: Site) -> None:
         assert secret not in logged and secret not in html
     assert "GET <signin_link> 200" in logged  # requests are logged, by route
     await context.close()
+
+
+def test_the_console_says_where_the_gallery_is_and_web_gives_a_link(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path, web={"listen": f"127.0.0.1:{port}"})
+    run = run_console(config, ["/web"])
+    assert run.returncode == 0, run.stderr
+    assert f"the gallery is at http://127.0.0.1:{port}" in run.stderr
+    [reply] = run.replies
+    assert reply["link"].startswith(f"http://127.0.0.1:{port}/signin/")
+    assert reply["link"] in reply["text"] and "10 minutes" in reply["text"]
+
+
+def test_a_taken_port_leaves_the_bot_serving_without_the_gallery(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, web={"listen": f"127.0.0.1:{port}"})
+        run = run_console(config, ["/web", "/imagine a red circle on a blue background --steps 2"])
+    assert run.returncode == 0, run.stderr
+    assert "the web gallery is off" in run.stderr
+    assert "not running on this bot" in run.replies[0]["error"]
+    assert len(run.images(run.replies[1]["job"])) == 1

@@ -147,8 +147,18 @@ async def tiles(db: aiosqlite.Connection, scope: Scope, filters: Filters,
     if filters.before is not None:
         where.append("images.id < ?")
         params.append(filters.before)
-    sql = f"{_TILE} WHERE {' AND '.join(where) or '1'} ORDER BY images.id DESC LIMIT ?"
+    # First the page's ids alone (a search may match most of the store: sorting narrow rows
+    # is cheap), then the details of those few.
+    sql = f"""SELECT images.id FROM images JOIN jobs ON jobs.id = images.job_id
+              JOIN users ON users.id = jobs.user_id
+              WHERE {' AND '.join(where) or '1'} ORDER BY images.id DESC LIMIT ?"""
     async with db.execute(sql, [*params, limit]) as cursor:
+        ids = [row[0] for row in await cursor.fetchall()]
+    if not ids:
+        return []
+    marks = ", ".join("?" * len(ids))
+    async with db.execute(f"{_TILE} WHERE images.id IN ({marks}) ORDER BY images.id DESC",
+                          ids) as cursor:
         return [Tile(*row) for row in await cursor.fetchall()]
 
 
