@@ -5,9 +5,9 @@ talking to the fake Bot API on 127.0.0.1). Users sign in with the link /web send
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import re
-import socket
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,7 +30,7 @@ from tests.conftest import (
     capture_logs,
     fast_telegram_adapter,
     free_port,
-    run_console,
+    until,
     write_config,
 )
 
@@ -174,6 +174,8 @@ async def test_a_web_link_signs_you_in_to_your_own_pictures(site: Site,
     loaded = await page.locator(".tile img").evaluate_all(
         "images => Promise.all(images.map(i => i.decode().then(() => i.naturalWidth, () => 0)))")
     assert all(width >= 64 for width in loaded)  # every thumbnail decoded
+    kept = list((site.settings.storage.images / "thumbs").glob("*.webp"))
+    assert len(kept) >= len(alices)  # made once, kept for the next look
     await page.goto(f"{site.url}/image/{pictures['bob']}")
     assert "not yours to see" in await page.inner_text("main")
     await page.context.close()
@@ -222,9 +224,22 @@ async def test_search_and_filters_find_what_they_say(site: Site, pictures: dict[
     assert await tile_ids(page) == [pictures["a yellow triangle on a green background"]]
 
     await page.goto(f"{site.url}/")
+    everything = await tile_ids(page)
     await page.select_option("select[name=kind]", "img2img")
     await page.click("button[type=submit] >> text=Show")
     assert await tile_ids(page) == [pictures["varied"]]
+
+    tomorrow = (dt.date.today() + dt.timedelta(days=1)).isoformat()
+    for query, expected in ((f"since={tomorrow}", []),
+                            (f"until={tomorrow}&platform=telegram", everything),
+                            ("platform=discord", []), ("model=shapes", everything),
+                            ("model=shapes-sd3", []), ("version=v9", [])):
+        await page.goto(f"{site.url}/?{query}")
+        assert await tile_ids(page) == expected, query
+        if not expected:
+            assert "No pictures match." in await page.inner_text("main")
+    await page.goto(f"{site.url}/")
+    await page.select_option("select[name=kind]", "")
 
     for hostile in ("'; DROP TABLE jobs; --", 'red" OR 1=1 --', "*", "NEAR(a b)"):
         await page.goto(f"{site.url}/")
@@ -323,6 +338,19 @@ async def test_an_admin_watches_a_retraining_and_switches_versions(
                         WHERE active_versions.base_model = 'shapes'""") == [("base",)]
     await page.goto(f"{site.url}/status")
     assert "online" in await page.inner_text("ul.engines")
+    assert "Nothing is waiting or running." in await page.inner_text("main")
+    slow = [await site.say(f"/imagine a {colour} star on a black background --steps 100 --n 4")
+            for colour in ("red", "blue", "pink")]
+    await until(lambda: len(site.service.admission.order()) == len(slow))
+    order = site.service.admission.order()
+    await page.goto(f"{site.url}/status")
+    rows = await page.locator("table.queue tbody tr").all_inner_texts()
+    assert [int(row.split()[1]) for row in rows] == order  # as they will be served
+    assert "generating" in rows[0] and "a red star on a black background" in rows[0]
+    for job_id in order:
+        await site.say(f"/cancel {job_id}")
+    await until(lambda: not site.service.admission.order())
+    await page.reload()
     hour = await page.inner_text("#hour")
     assert int(hour.split()[0]) >= len(pictures)
     assert await page.locator("svg polyline[data-series=images]").count() == 1
@@ -361,26 +389,3 @@ async def test_no_token_reaches_the_log_or_a_page(site: Site) -> None:
     assert "GET <signin_link> 200" in logged  # requests are logged, by route
     await context.close()
 
-
-def test_the_console_says_where_the_gallery_is_and_web_gives_a_link(tmp_path: Path) -> None:
-    port = free_port()
-    config = write_config(tmp_path, web={"listen": f"127.0.0.1:{port}"})
-    run = run_console(config, ["/web"])
-    assert run.returncode == 0, run.stderr
-    assert f"the gallery is at http://127.0.0.1:{port}" in run.stderr
-    [reply] = run.replies
-    assert reply["link"].startswith(f"http://127.0.0.1:{port}/signin/")
-    assert reply["link"] in reply["text"] and "10 minutes" in reply["text"]
-
-
-def test_a_taken_port_leaves_the_bot_serving_without_the_gallery(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        config = write_config(tmp_path, web={"listen": f"127.0.0.1:{port}"})
-        run = run_console(config, ["/web", "/imagine a red circle on a blue background --steps 2"])
-    assert run.returncode == 0, run.stderr
-    assert "the web gallery is off" in run.stderr
-    assert "not running on this bot" in run.replies[0]["error"]
-    assert len(run.images(run.replies[1]["job"])) == 1
