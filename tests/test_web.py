@@ -192,6 +192,15 @@ async def test_a_link_in_a_group_is_sent_privately(site: Site) -> None:
         and LINK.search(c.params["text"]) and c.at >= answer.at - 5)
     assert private.params["link_preview_options"]["is_disabled"] is True
 
+    # Telegram refuses a bot's first message to someone who never opened a chat with it.
+    site.fake.fail_next("sendMessage", 403, "Forbidden: bot can't initiate conversation "
+                                             "with a user")
+    asked = await site.say("/web", tg.BOB, tg.GROUP)
+    answer = await site.fake.wait_for(
+        "sendMessage", lambda c: tg.replied_to(c) == asked["message_id"])
+    assert "can't write to you privately yet" in answer.params["text"]
+    assert "@canvas_bot" in answer.params["text"] and "signin" not in answer.params["text"]
+
 
 async def test_a_used_or_expired_link_is_refused_politely(site: Site) -> None:
     context = await site.browser.new_context()
@@ -336,6 +345,16 @@ async def test_an_admin_watches_a_retraining_and_switches_versions(
     assert site.rows("""SELECT model_versions.name FROM active_versions JOIN model_versions
                         ON model_versions.id = active_versions.version_id
                         WHERE active_versions.base_model = 'shapes'""") == [("base",)]
+
+    await site.say("/retrain --steps 400 --rank 2", tg.ADMIN, ADMIN_CHAT)
+    await until(lambda: site.service.learning.progress is not None
+                and site.service.learning.progress.run_id == site.service.learning.run_id)
+    await page.goto(f"{site.url}/models")
+    assert "Retraining v2: step" in await page.inner_text("p.running")  # live, refreshing
+    assert await page.locator("meta[http-equiv=refresh]").count() == 1
+    await site.say("/retrain cancel", tg.ADMIN, ADMIN_CHAT)
+    await until(lambda: site.service.learning.run_id is None)
+
     await page.goto(f"{site.url}/status")
     assert "online" in await page.inner_text("ul.engines")
     assert "Nothing is waiting or running." in await page.inner_text("main")
