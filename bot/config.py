@@ -33,6 +33,7 @@ __all__ = [
     "ModelSettings",
     "Settings",
     "StorageSettings",
+    "StyleSettings",
     "TelegramSettings",
     "WebSettings",
     "default_config_path",
@@ -213,6 +214,28 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class StyleSettings:
+    # What the model is told: `{prompt}` is where the user's own words go.
+    prompt: str = _setting("", nonempty=True, required=True)
+    negative: str = ""  # added to the user's --no
+    description: str = ""
+
+    def apply(self, words: str) -> str:
+        return self.prompt.replace("{prompt}", words)
+
+
+STYLE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+DEFAULT_STYLES = {  # as config.yaml ships them
+    "watercolor": StyleSettings("{prompt}, watercolor painting, soft light, paper texture",
+                                "photo, 3d render", "Soft watercolour on paper"),
+    "photo": StyleSettings("a photograph of {prompt}, 35mm, natural light, sharp focus",
+                           "painting, drawing, cartoon", "A sharp 35mm photograph"),
+    "pixel-art": StyleSettings("{prompt}, pixel art, 16-bit, limited palette", "blurry, photo",
+                               "Retro 16-bit pixel art"),
+}
+
+
+@dataclass(frozen=True)
 class Settings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -222,7 +245,18 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    # --style NAME: prompt templates by name.
+    styles: dict[str, StyleSettings] = field(default_factory=lambda: dict(DEFAULT_STYLES))
     log_level: str = _setting("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+
+    def __post_init__(self) -> None:
+        for name, style in self.styles.items():
+            if not STYLE_NAME.fullmatch(str(name)):
+                raise ConfigError(f"styles.{name}: a style's name is 1 to 32 lowercase letters, "
+                                  "digits, _ and - (starting with a letter or digit)")
+            if style.prompt.count("{prompt}") != 1:
+                raise ConfigError(f"styles.{name}.prompt: must hold {{prompt}} once, where the "
+                                  f"user's words go (got {style.prompt!r})")
 
 
 def split_host_port(value: str) -> tuple[str, int]:

@@ -230,9 +230,27 @@ WEB = """
     CREATE INDEX jobs_by_source ON jobs(source_image_id);
 """
 
+# Chats' defaults (/settings), users' say in training (/optout), and what each training run
+# used, image by image (a deleted image's row loses its pointer, the run keeps its count).
+CHATS_AND_CONSENT = """
+    CREATE TABLE chat_settings (
+        chat TEXT PRIMARY KEY,
+        settings TEXT NOT NULL DEFAULT '{}',
+        updated_at REAL NOT NULL
+    );
+    ALTER TABLE users ADD COLUMN trains INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE training_run_images (
+        run_id INTEGER NOT NULL REFERENCES training_runs(id),
+        image_id INTEGER,
+        score REAL NOT NULL,
+        ratings INTEGER NOT NULL
+    );
+    CREATE INDEX training_run_images_by_image ON training_run_images(image_id);
+"""
+
 Migration = str | Callable[[aiosqlite.Connection, Blobs], Awaitable[None]]
 MIGRATIONS: tuple[Migration, ...] = (FIRST_SCHEMA, params_and_blobs, MODEL_LOADS, JOB_WORKER,
-                                     WEB)
+                                     WEB, CHATS_AND_CONSENT)
 
 
 async def migrate(db: aiosqlite.Connection, blobs: Blobs) -> None:

@@ -37,6 +37,8 @@ class Params:
     checkpoint: str | None = None  # --model: which loaded weights draw it
     image: str | None = None  # blob key of the picture to vary or repaint
     mask: str | None = None  # blob key of the inpainting mask (white = repaint)
+    style: str | None = None  # --style: a template from the config ("none": no style)
+    words: str | None = None  # the user's own words, where a style made `prompt` of them
 
     def resolve(self, *defaults: Params) -> Params:
         """These parameters with each one not given taken from the first layer that gives it.

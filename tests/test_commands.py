@@ -74,6 +74,8 @@ def test_commands_describe_every_command_in_one_line():
         "model",
         "models",
         "web",
+        "styles",
+        "settings",
     }
     for name, description in COMMANDS.items():
         # Telegram's setMyCommands: lowercase names up to 32 chars, descriptions 3-256.
@@ -533,7 +535,7 @@ def test_unknown_option_lists_the_allowed_ones():
     message = error_of("/imagine fox --foo 3")
     assert message == (
         "Unknown option --foo for /imagine. Options: --no, --seed, --steps, --cfg, --ar, --n, "
-        "--model."
+        "--model, --style."
     )
 
 

@@ -154,6 +154,8 @@ class ConsoleAdapter:
                  "prompt": job.prompt,
                  "model": (job.resolved or job.params).checkpoint or self.service.checkpoint,
                  "model_version": image.version,
+                 **({"words": job.params.words, "style": job.params.style}
+                    if job.params.words is not None else {}),
                  **({"worker": job.worker} if job.worker else {})},
                 f"image #{image.id} (job #{job.id}, seed {image.seed}, {image.width}×"
                 f"{image.height}, {image.version}): {path}",

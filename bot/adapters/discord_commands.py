@@ -28,8 +28,15 @@ async def _complete_checkpoint(interaction: discord.Interaction,
             if current.lower() in name.lower()][:25]  # Discord shows at most 25
 
 
+async def _complete_style(interaction: discord.Interaction, current: str) -> list[Choice[str]]:
+    names = ["none", *service_of(interaction).settings.styles]
+    return [Choice(name=name, value=name) for name in names
+            if current.lower() in name.lower()][:25]
+
+
 COMPLETERS: dict[str, Callable[[discord.Interaction, str], Awaitable[list[Choice[str]]]]] = {
     "checkpoints": _complete_checkpoint,
+    "styles": _complete_style,
 }
 
 

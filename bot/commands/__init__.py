@@ -16,6 +16,7 @@ from bot.commands.options import TABLE, Command, Option
 from bot.commands.parse import parse, parse_typed
 from bot.commands.requests import (
     Cancel,
+    ChatSettings,
     Help,
     History,
     Imagine,
@@ -26,6 +27,7 @@ from bot.commands.requests import (
     Retrain,
     ShowModels,
     ShowQueue,
+    ShowStyles,
     Vary,
     Web,
 )
@@ -47,7 +49,8 @@ from bot.commands.values import (
 __all__ = [
     "COMMANDS", "HELP_TEXT", "MAX_CFG", "MAX_ID", "MAX_IMAGES", "MAX_NAME_CHARS", "MAX_RANK",
     "MAX_RATIO", "MAX_SCORE", "MAX_SEED", "MAX_SIDE", "MAX_STEPS", "MAX_TRAIN_STEPS", "TABLE",
-    "Cancel", "Command", "CommandError", "Help", "History", "Imagine", "Inpaint", "ModelCmd",
-    "Option", "Rate", "Request", "Retrain", "ShowModels", "ShowQueue", "Vary", "Web",
+    "Cancel", "ChatSettings", "Command", "CommandError", "Help", "History", "Imagine", "Inpaint",
+    "ModelCmd", "Option", "Rate", "Request", "Retrain", "ShowModels", "ShowQueue", "ShowStyles",
+    "Vary", "Web",
     "parse", "parse_typed",
 ]

@@ -32,6 +32,7 @@ from bot.commands.values import (
     Text,
     Usage,
     Whole,
+    Word,
     shown,
 )
 
@@ -133,6 +134,9 @@ PICTURES = Option("n", Whole(1, MAX_IMAGES), "How many pictures", flag="n",
                   label="number of pictures ({opt})", example="--n 4")
 CHECKPOINT = Option("model", Name(), "Model to draw with", flag="model", field="checkpoint",
                     label="model name", example="--model sdxl-base", complete="checkpoints")
+STYLE = Option("style", Name(), "A style to draw in (/styles lists them; none: no style)",
+               flag="style", label="style name", example="--style watercolor",
+               complete="styles")
 OF_MODEL = Option("model", Name(), "Which model (default: the default one)", flag="model",
                   field="checkpoint", label="model name", example="--model sdxl-base",
                   complete="checkpoints")
@@ -167,6 +171,22 @@ RANK = Option("rank", Whole(1, MAX_RANK), "LoRA rank", flag="rank", label="rank"
               example="--rank 16")
 
 VERSIONS = Option("action", OneOf(("list", "use")), "List the versions or switch to one")
+
+CHAT_ACTION = Option("action", OneOf(("show", "reset")),
+                     "Show this chat's defaults, or reset them all")
+CHAT_MODEL = Option("model", Name(), "This chat's default model", flag="model",
+                    field="checkpoint", label="model name", example="--model shapes",
+                    complete="checkpoints")
+CHAT_STEPS = Option("steps", Whole(1, MAX_STEPS), "This chat's default steps", flag="steps",
+                    label="number of steps", example="--steps 30")
+CHAT_ASPECT = Option("aspect", Aspect(), "This chat's default shape", flag="ar",
+                     example="--ar 16:9", choices=ASPECT.choices)
+CHAT_STYLE = Option("style", Name(), "This chat's default style (none: no style)",
+                    flag="style", label="style name", example="--style watercolor",
+                    complete="styles")
+SAFETY = Option("safety", Word(("refuse", "spoiler")),
+                "A picture the safety checker flags: refused, or sent hidden as a spoiler",
+                flag="safety", label="safety policy", example="--safety spoiler")
 VERSION = Option("version", Name(), "Version to use", label="model version", hint="version")
 
 
@@ -185,6 +205,12 @@ def _model_rules(values: dict[str, Any]) -> None:
         raise Usage
 
 
+def _settings_rules(values: dict[str, Any]) -> None:
+    if values["action"] == "reset" and len(values) > 1:
+        raise CommandError("/settings reset takes no options: it clears all of this chat's "
+                           "defaults.")
+
+
 def _model_usage(words: list[str]) -> str:
     if words and words[0].lower() == "use":
         return ("/model use needs exactly one version name, like /model use v3; "
@@ -199,7 +225,7 @@ _COMMANDS = (
     Command("imagine", "Make pictures from a description", rq.imagine, (
         _prompt("What to draw, e.g. a red circle on a blue background",
                 "/imagine a red fox in the snow"),
-        NEGATIVE, SEED, STEPS, CFG, ASPECT, PICTURES, CHECKPOINT)),
+        NEGATIVE, SEED, STEPS, CFG, ASPECT, PICTURES, CHECKPOINT, STYLE)),
     Command("vary", "Make a variation of a picture", rq.vary,
             (VARY_IMAGE, VARY_ID, STRENGTH, SEED, NEW_PROMPT),
             usage="/vary takes at most one image id, like /vary #12; to change the description "
@@ -207,7 +233,7 @@ _COMMANDS = (
             more="Without #id: an attached picture."),
     Command("inpaint", "Repaint the masked part of an attached picture", rq.inpaint, (
         _prompt("What to paint into the masked part", "/inpaint a red woollen hat"),
-        PICTURE, MASK, NEGATIVE, SEED, STEPS, CFG),
+        PICTURE, MASK, NEGATIVE, SEED, STEPS, CFG, STYLE),
             more="Attach its mask too (white = repaint)."),
     Command("rate", f"Rate a picture from 1 to {MAX_SCORE}", rq.Rate, (RATED, SCORE),
             usage=f"/rate needs an image id and a score from 1 to {MAX_SCORE}, like /rate #12 4; "
@@ -220,6 +246,14 @@ _COMMANDS = (
     Command("queue", "Show the jobs waiting and running", rq.ShowQueue),
     Command("models", "List the models to draw with", rq.ShowModels,
             more="Use one with /imagine ... --model <name>."),
+    Command("styles", "List the styles to draw in", rq.ShowStyles,
+            more="Use one with /imagine ... --style <name>."),
+    Command("settings", "Show or set this chat's defaults", rq.ChatSettings,
+            (CHAT_ACTION, CHAT_MODEL, CHAT_STEPS, CHAT_ASPECT, CHAT_STYLE, SAFETY),
+            rules=_settings_rules,
+            usage='I don\'t know /settings "{words}". Use /settings to see this chat\'s '
+                  "defaults, /settings {options} to set them, or /settings reset.",
+            more="Admins set them; everyone's own options still win."),
     Command("history", "Show your recent pictures", rq.History),
     Command("web", "Get a link that signs you in to the web gallery", rq.Web,
             more="The link is sent to you alone, works once, for 10 minutes."),

@@ -60,6 +60,29 @@ class Web:
 
 
 @dataclass(frozen=True)
+class ShowStyles:
+    pass
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    """/settings: show this chat's defaults, change some, or reset them all."""
+
+    action: Literal["show", "reset"] = "show"
+    checkpoint: str | None = None
+    steps: int | None = None
+    aspect: tuple[int, int] | None = None
+    style: str | None = None  # "none" removes the chat's style
+    safety: str | None = None  # "refuse" or "spoiler"
+
+    @property
+    def changes(self) -> dict[str, object]:
+        return {name: value for name, value in (
+            ("checkpoint", self.checkpoint), ("steps", self.steps), ("aspect", self.aspect),
+            ("style", self.style), ("safety", self.safety)) if value is not None}
+
+
+@dataclass(frozen=True)
 class Retrain:
     action: Literal["start", "status", "cancel"] = "start"
     steps: int | None = None
@@ -81,7 +104,7 @@ class ShowModels:
 
 
 Request = (Imagine | Vary | Inpaint | Rate | Cancel | ShowQueue | History | Help | Retrain
-           | ModelCmd | ShowModels | Web)
+           | ModelCmd | ShowModels | Web | ShowStyles | ChatSettings)
 
 
 def imagine(**given: object) -> Imagine:

@@ -280,6 +280,28 @@ class Text(Kind):
 
 
 @dataclass(frozen=True)
+class Word(Kind):
+    """One word from `values` (any case), given as an option's value; anything else is refused
+    by name."""
+
+    values: tuple[str, ...]
+
+    @property
+    def hint(self) -> str:
+        return "|".join(self.values)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return self.values
+
+    def text(self, value: str, label: str, like: str, limit: int) -> str:
+        if value.lower() in self.values:
+            return value.lower()
+        raise CommandError(f"The {label} is one of {', '.join(self.values)}; you gave "
+                           f"{shown(value)}.")
+
+
+@dataclass(frozen=True)
 class OneOf(Kind):
     """One word from `values` (any case), `values[0]` when not given. Anything else does not fit
     the command's form, so its usage message answers."""

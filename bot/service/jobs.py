@@ -15,6 +15,7 @@ from bot import commands as cmd
 from bot.config import Settings
 from bot.errors import UserError
 from bot.images import ImageLimits, open_image, split_image_and_mask
+from bot.service.chats import Chats
 from bot.service.models import ModelBoard
 from bot.service.types import Attachment
 from bot.store import ImageRow, JobRow, NewJob, Store
@@ -23,13 +24,21 @@ from engine.params import Params
 
 
 class JobMaker:
-    def __init__(self, settings: Settings, store: Store, models: ModelBoard) -> None:
+    def __init__(self, settings: Settings, store: Store, models: ModelBoard,
+                 chats: Chats) -> None:
         self.settings = settings
         self.store = store
         self.models = models
+        self.chats = chats
 
-    async def imagine(self, user_id: int, request: cmd.Imagine, origin: dict) -> NewJob:
-        return self._new(user_id, request.params, origin=origin)
+    async def imagine(self, user_id: int, request: cmd.Imagine, origin: dict,
+                      chat: str) -> NewJob:
+        return self._new(user_id, await self._for_chat(request.params, chat), origin=origin)
+
+    async def _for_chat(self, params: Params, chat: str) -> Params:
+        """The user's parameters over the chat's defaults, with the style applied."""
+        defaults = await self.chats.defaults(chat)
+        return self.chats.styled(params.resolve(defaults.params))
 
     async def vary(self, user_id: int, request: cmd.Vary, image: Attachment | None,
                    origin: dict) -> NewJob:
@@ -51,13 +60,15 @@ class JobMaker:
                          source_image_id=source.id, origin=origin)
 
     async def inpaint(self, user_id: int, request: cmd.Inpaint, image: Attachment | None,
-                      mask: Attachment | None, origin: dict) -> NewJob:
+                      mask: Attachment | None, origin: dict, chat: str) -> NewJob:
         if image is None:
             raise UserError("Inpainting needs an image and a mask: attach both (white in the "
                             "mask = repaint), or one PNG whose transparent part is to be "
                             "repainted.")
         uploads = await asyncio.to_thread(self._inpaint_inputs, image, mask)
-        params = dataclasses.replace(request.params, image=uploads[0][0], mask=uploads[1][0])
+        params = await self._for_chat(request.params, chat)
+        params = dataclasses.replace(params, aspect=None, image=uploads[0][0],
+                                     mask=uploads[1][0])  # the picture's own shape
         return self._new(user_id, params, origin=origin, uploads=uploads)
 
     async def reroll(self, user_id: int, image_id: int, origin: dict) -> NewJob:

@@ -21,6 +21,7 @@ from bot.images import ImageError
 from bot.learning import Learning
 from bot.queue import JobQueue
 from bot.service.admission import Admission
+from bot.service.chats import Chats, chat_key
 from bot.service.delivery import Delivery
 from bot.service.dispatch import Dispatch
 from bot.service.jobs import JobMaker
@@ -50,7 +51,8 @@ class Service:
         self.learning = Learning(store, engines, settings, self.delivery.announce, self.models)
         self.dispatch = Dispatch(store, engines, self.admission, self.delivery, self.learning,
                                  self.models)
-        self.jobs = JobMaker(settings, store, self.models)
+        self.chats = Chats(store, self.models, settings.styles)
+        self.jobs = JobMaker(settings, store, self.models, self.chats)
         self.sign_ins = SignIns(store)
         self.web_running = False  # set by the web server (bot/web/) once it listens
 
@@ -134,16 +136,17 @@ class Service:
     async def _dispatch(self, user: User, request: cmd.Request, image: Attachment | None,
                         mask: Attachment | None, origin: dict[str, Any]) -> Reply:
         user_id = await self._user_id(user)
+        chat = chat_key(user.platform, origin)
         match request:
             case cmd.Imagine():
                 return await self.admission.submit(
-                    await self.jobs.imagine(user_id, request, origin))
+                    await self.jobs.imagine(user_id, request, origin, chat))
             case cmd.Vary():
                 return await self.admission.submit(
                     await self.jobs.vary(user_id, request, image, origin))
             case cmd.Inpaint():
                 return await self.admission.submit(
-                    await self.jobs.inpaint(user_id, request, image, mask, origin))
+                    await self.jobs.inpaint(user_id, request, image, mask, origin, chat))
             case cmd.Rate():
                 return await self._rate(user_id, request.image_id, request.score)
             case cmd.Cancel():
@@ -158,6 +161,10 @@ class Service:
                 return Reply(self._help_text())
             case cmd.Web():
                 return await self._web_link(user_id)
+            case cmd.ShowStyles():
+                return Reply(self.chats.styles_text())
+            case cmd.ChatSettings():
+                return Reply(await self.chats.handle(chat, request, self.is_admin(user)))
             case cmd.Retrain() | cmd.ModelCmd():
                 name = "/retrain" if isinstance(request, cmd.Retrain) else "/model"
                 if not self.is_admin(user):
