@@ -215,7 +215,7 @@ class Learning:
             else:
                 text = (f"{row.name} · from {names.get(row.parent_id, '?')} · "
                         f"{row.images_used} images, {row.ratings_used} ratings · {row.steps} "
-                        f"steps, rank {row.rank} · loss {row.final_loss:.4f} · "
+                        f"steps, rank {row.rank} · loss {_loss(row.final_loss)} · "
                         f"{_duration(row.seconds)} · "
                         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(row.created_at))}")
             lines.append(text + (" ← active" if row.id == active.id else ""))
@@ -366,6 +366,10 @@ def _logged(answer: asyncio.Future[str]) -> None:
 
 def _adapters(chain: list[VersionRow]) -> tuple[protocol.Adapter, ...]:
     return tuple(protocol.Adapter(row.name, row.adapter) for row in chain)
+
+
+def _loss(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.4f}"  # None: the loss was not a number
 
 
 def _duration(seconds: float | None) -> str:

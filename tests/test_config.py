@@ -327,7 +327,8 @@ BAD = [
     (
         "webhooks: {}\n",
         "webhooks: unknown setting "
-        "(known: engine, storage, discord, telegram, admins, limits, queue, web, styles, log_level)",
+        "(known: engine, storage, discord, telegram, admins, limits, queue, web, styles, "
+        "log_level)",
     ),
     ("engine: cuda\n", "engine: must be a section of `name: value` lines (got a str)"),
     ("queue:\n  url: http://redis:6379\n",

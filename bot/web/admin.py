@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from yarl import URL
 
 from bot import commands as cmd
 from bot.learning_store import LearningStore, RunRow, VersionRow
@@ -22,6 +23,17 @@ from bot.service import Service
 from bot.web import figures
 from bot.web.charts import Series, line_chart
 from bot.web.pages import ADMIN, READER, SERVICE, SETTINGS, render, user_of
+
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP", "X-Forwarded-Host")
+LOCAL_NAMES = ("127.0.0.1", "::1", "localhost")
+CHART_POINTS = 1000  # a long run's loss is thinned to this many points
+
+
+def _thinned(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    if len(points) <= CHART_POINTS:
+        return points
+    step = len(points) / CHART_POINTS
+    return [points[int(n * step)] for n in range(CHART_POINTS - 1)] + [points[-1]]
 
 
 def _only_admins(request: web.Request) -> None:
@@ -75,8 +87,9 @@ async def _model_view(service: Service, learning: LearningStore, db: Any,
         async with db.execute("SELECT step, loss FROM training_losses WHERE run_id = ?"
                               " ORDER BY step", (run_id,)) as cursor:
             points = [(float(step), float(loss)) for step, loss in await cursor.fetchall()]
-        chart = line_chart([Series(row.version, points)], title=f"{row.version}: loss by step",
-                           x_label="step", y_label="loss", empty="No steps recorded yet.")
+        chart = line_chart([Series(row.version, _thinned(points))],
+                           title=f"{row.version}: loss by step", x_label="step",
+                           y_label="loss", empty="No steps recorded yet.")
         runs.append(Run(row, chart))
     running = ""
     current = service.learning.run_id
@@ -127,16 +140,23 @@ async def status_page(request: web.Request) -> web.Response:
 
 
 def _may_read_metrics(request: web.Request) -> bool:
+    """The token, or a request from this host itself: straight to the listen address (not
+    through a proxy on this host, which would make everyone look local)."""
     token = request.app[SETTINGS].web.metrics_token
-    sent = request.headers.get("Authorization", "")
-    if token and hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+    sent = request.headers.get("Authorization", "").encode(errors="surrogateescape")
+    if token and hmac.compare_digest(sent, f"Bearer {token}".encode()):
         return True
-    if "X-Forwarded-For" in request.headers or "Forwarded" in request.headers:
-        return False  # through a proxy: the peer's address says nothing of who asks
-    peer = (request.transport.get_extra_info("peername") or ("",))[0] if request.transport \
-        else ""
-    own = (request.transport.get_extra_info("sockname") or ("",))[0] if request.transport \
-        else ""
+    if any(name in request.headers for name in PROXY_HEADERS):
+        return False
+    try:
+        host = URL(f"http://{request.host}").host
+    except ValueError:
+        return False
+    if host not in LOCAL_NAMES:
+        return False  # a request for a public name came through something in between
+    transport = request.transport
+    peer = (transport.get_extra_info("peername") or ("",))[0] if transport else ""
+    own = (transport.get_extra_info("sockname") or ("",))[0] if transport else ""
     try:
         return ipaddress.ip_address(peer).is_loopback or peer == own
     except ValueError:

@@ -16,11 +16,12 @@ from pathlib import Path
 import aiosqlite
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from bot.config import Settings, split_host_port
 from bot.service import Service, User
 from bot.web import pages
-from bot.web.auth import Viewer
+from bot.web.auth import TOKEN, Viewer
 from bot.web.pages import ADMIN, VIEWER
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,14 @@ class QuietAccessLogger(AbstractAccessLogger):
     """One line a request, by route: a sign-in link's token never reaches the log."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        route = request.match_info.route if hasattr(request, "match_info") else None
-        name = getattr(route, "name", None)
-        path = f"<{name}>" if name in ("signin_link", "signin_use") else request.path
-        self.logger.info("%s %s %s %.0f ms", request.method, path, response.status,
+        try:
+            name = getattr(request.match_info.route, "name", None)
+        except (AttributeError, AssertionError):  # a request the parser refused: no route
+            name = None
+        path = request.path
+        if name in ("signin_link", "signin_use") or "signin/" in path:
+            path = f"<{name or 'signin'}>"
+        self.logger.info("%s %s %s %.0f ms", request.method, path[:200], response.status,
                          time * 1000)
 
 
@@ -59,7 +64,7 @@ async def guard(request: web.Request, handler: pages.Handler) -> web.StreamRespo
     service: Service = request.app[pages.SERVICE]
     viewer = None
     session = request.cookies.get(COOKIE, "")
-    if session:
+    if TOKEN.fullmatch(session):
         viewer = await service.sign_ins.viewer(session)
     request[VIEWER] = viewer
     request[ADMIN] = is_admin(service, viewer)
@@ -69,19 +74,35 @@ async def guard(request: web.Request, handler: pages.Handler) -> web.StreamRespo
             if request.method == "GET":
                 raise web.HTTPSeeOther("/signin")
             raise web.HTTPUnauthorized(text="Please sign in: send /web to the bot.")
-        if request.method == "POST" and route not in OPEN_ROUTES:
-            form = await request.post()
-            sent = str(form.get("csrf", ""))
-            if viewer is None or not hmac.compare_digest(sent, viewer.csrf):
-                raise web.HTTPForbidden(text="This form has expired; please reload the page "
-                                             "and try again.")
+        if request.method == "POST":
+            if request.headers.get("Sec-Fetch-Site") == "cross-site":
+                # Another site's form: not even a sign-in (it could sign you in as someone
+                # else); ours always come from this site.
+                raise web.HTTPForbidden(text="Forms from other sites are not accepted here.")
+            if route not in OPEN_ROUTES:
+                await _check_csrf(request, viewer)
         response = await handler(request)
     except web.HTTPException as answer:
         if answer.status < 400:  # a redirect
             _private(answer)
             raise
         response = pages.error_page(request, answer.status, answer.text or answer.reason)
+    except Exception:
+        log.exception("web: could not answer %s %s", request.method,
+                      getattr(request.match_info.route, "name", None))
+        response = pages.error_page(request, 500, "Sorry, something went wrong on our side.")
     return _private(response)
+
+
+async def _check_csrf(request: web.Request, viewer: Viewer | None) -> None:
+    try:
+        form = await request.post()
+    except (ValueError, LookupError, HttpProcessingError):  # a body that is not a form
+        raise web.HTTPBadRequest(text="That was not a form this site sends.") from None
+    sent = str(form.get("csrf", "")).encode(errors="surrogateescape")
+    if viewer is None or not hmac.compare_digest(sent, viewer.csrf.encode()):
+        raise web.HTTPForbidden(text="This form has expired; please reload the page and try "
+                                     "again.")
 
 
 def _private(response: web.StreamResponse) -> web.StreamResponse:
@@ -133,6 +154,10 @@ class WebServer:
             return
         self.runner = runner
         self.service.web_running = True
+        if host in ("0.0.0.0", "::") and not self.settings.web.public_url:
+            log.warning("web: listening on every address, but web.public_url is empty: the "
+                        "links /web sends point to %s, which only this machine can open",
+                        self.settings.web.base_url)
         log.info("web: the gallery is at %s (send /web in a chat for a sign-in link)",
                  self.settings.web.base_url)
 

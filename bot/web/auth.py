@@ -9,6 +9,7 @@ store (no aiohttp), so the service can make links without the web server's code.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from bot.store import Store
 
 LINK_SECONDS = 10 * 60
+TOKEN = re.compile(r"[A-Za-z0-9_-]{20,64}")  # the form secrets.token_urlsafe(32) takes
 SESSION_SECONDS = 30 * 24 * 3600
 
 

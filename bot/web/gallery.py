@@ -170,7 +170,10 @@ async def choices(db: aiosqlite.Connection, scope: Scope) -> dict[str, list[tupl
             return [(str(value), str(label)) for value, label in await cursor.fetchall()]
 
     out = {
-        "platform": await pairs("SELECT DISTINCT platform, platform FROM users ORDER BY 1"),
+        "platform": await pairs(
+            "SELECT DISTINCT platform, platform FROM users"
+            + ("" if scope.admin else " WHERE id = ?") + " ORDER BY 1",
+            () if scope.admin else (scope.user_id,)),
         "version": [("base", "base"), *await pairs(
             "SELECT DISTINCT name, name FROM model_versions WHERE name != 'base' ORDER BY id")],
         "kind": [(kind, label) for kind, label in KINDS.items()],
@@ -200,6 +203,7 @@ class Picture:
     my_rating: int | None
     parent: Tile | None  # the image it was varied, rerolled or inpainted from
     children: list[Tile]  # what was made from it
+    from_hidden: bool = False  # made from a picture the viewer may not see
 
     @property
     def waited(self) -> float | None:
@@ -237,7 +241,7 @@ async def picture(db: aiosqlite.Connection, scope: Scope, image_id: int) -> Pict
     return Picture(tile, job_id, user_id, seed, json.loads(params), queued_at, started_at,
                    engine_seconds, worker, [score for _, score in ratings],
                    next((score for who, score in ratings if who == scope.user_id), None),
-                   parent, children)
+                   parent, children, from_hidden=source is not None and parent is None)
 
 
 async def _tiles_where(db: aiosqlite.Connection, scope: Scope, condition: str,

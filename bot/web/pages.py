@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,13 +18,15 @@ from urllib.parse import urlencode
 import aiosqlite
 import jinja2
 from aiohttp import web
+from PIL import Image
 
 from bot import commands as cmd
 from bot.config import Settings
 from bot.service import Service, User
 from bot.web import gallery
-from bot.web.auth import LinkRefused, Viewer
+from bot.web.auth import TOKEN, LinkRefused, Viewer
 from bot.web.thumbs import thumbnail
+from engine.blobs import BlobMissing
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SERVICE = web.AppKey("service", Service)
@@ -47,11 +50,17 @@ def _seconds(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f} s"
 
 
+def _number(value: float | None, form: str = "{:.4f}") -> str:
+    """A figure that may be missing (a run that diverged has no final loss)."""
+    return "—" if value is None else form.format(value)
+
+
 def templates() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["when"] = _when
     env.filters["seconds"] = _seconds
+    env.filters["number"] = _number
     env.globals["kinds"] = gallery.KINDS
     return env
 
@@ -77,7 +86,7 @@ def scope_of(request: web.Request) -> gallery.Scope:
 
 def image_id(request: web.Request) -> int:
     text = request.match_info["id"]
-    if not text.isdigit() or int(text) > MAX_ID:
+    if not re.fullmatch(r"[0-9]{1,19}", text) or int(text) > MAX_ID:
         raise web.HTTPNotFound(text="There is no such picture.")
     return int(text)
 
@@ -96,6 +105,9 @@ async def signin_link(request: web.Request) -> web.Response:
     virus scanner that fetches the link does not use it up."""
     token = request.match_info["token"]
     try:
+        if not TOKEN.fullmatch(token):
+            raise LinkRefused("This sign-in link is not one of mine. Send /web to the bot for "
+                              "a new one.")
         await request.app[SERVICE].sign_ins.check_link(token)
     except LinkRefused as refused:
         return render(request, "signin.html", status=410, refused=str(refused), token=None)
@@ -105,7 +117,11 @@ async def signin_link(request: web.Request) -> web.Response:
 async def signin_use(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     try:
-        session = await service.sign_ins.redeem(request.match_info["token"])
+        token = request.match_info["token"]
+        if not TOKEN.fullmatch(token):
+            raise LinkRefused("This sign-in link is not one of mine. Send /web to the bot for "
+                              "a new one.")
+        session = await service.sign_ins.redeem(token)
     except LinkRefused as refused:
         return render(request, "signin.html", status=410, refused=str(refused), token=None)
     response = web.Response(status=303, headers={"Location": "/"})
@@ -172,8 +188,11 @@ async def _file_of(request: web.Request) -> Path:
     blob = await gallery.image_blob(request.app[READER], scope_of(request), image_id(request))
     if blob is None:
         raise web.HTTPNotFound(text="There is no such picture, or it is not yours to see.")
-    path = request.app[SERVICE].blobs.path(blob)
-    if not path.is_file():
+    try:
+        path = request.app[SERVICE].blobs.path(blob)
+    except BlobMissing:  # an image an older version stored without its file
+        path = None
+    if path is None or not path.is_file():
         raise web.HTTPNotFound(text="This picture's file is missing on the server.")
     return path
 
@@ -196,7 +215,10 @@ async def download(request: web.Request) -> web.StreamResponse:
 async def thumb(request: web.Request) -> web.StreamResponse:
     source = await _file_of(request)
     cache = request.app[SETTINGS].storage.images / "thumbs"
-    path = await asyncio.to_thread(thumbnail, source, cache, source.stem)
+    try:
+        path = await asyncio.to_thread(thumbnail, source, cache, source.stem)
+    except (OSError, ValueError, Image.DecompressionBombError):  # a file that is no picture
+        raise web.HTTPNotFound(text="This picture's file cannot be read.") from None
     response = web.FileResponse(path)
     response.content_type = "image/webp"
     response.headers["Cache-Control"] = "private, max-age=86400"
