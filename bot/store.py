@@ -117,6 +117,44 @@ def _file_uri(path: Path) -> str:
     return path.absolute().as_uri()
 
 
+class _Fetched:
+    def __init__(self, rows: list[aiosqlite.Row]) -> None:
+        self._rows = rows
+
+    async def fetchall(self) -> list[aiosqlite.Row]:
+        return self._rows
+
+    async def fetchone(self) -> aiosqlite.Row | None:
+        return self._rows[0] if self._rows else None
+
+
+class Reader:
+    """A read-only connection on which every query runs to its end in one step.
+
+    A statement left open across an await (execute now, fetch later) keeps its read snapshot
+    for the whole connection: any query run on it meanwhile, by any coroutine, misses what
+    was committed since, such as the row its caller has just written. So each query here is
+    executed and fetched in one call, and used as `async with reader.execute(...) as rows`."""
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self.connection = connection
+
+    @contextlib.asynccontextmanager
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> AsyncIterator[_Fetched]:
+        yield _Fetched(list(await self.connection.execute_fetchall(sql, params)))
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
+async def open_reader(path: Path) -> Reader:
+    """A read-only connection to the database at `path` (WAL lets it read during writes)."""
+    connection = await aiosqlite.connect(f"{_file_uri(path)}?mode=ro", uri=True)
+    connection.row_factory = aiosqlite.Row
+    await connection.execute("PRAGMA busy_timeout = 5000")
+    return Reader(connection)
+
+
 class Store:
     """The SQLite store. Open with `await Store.open(path)`; close with `await store.close()`.
 
@@ -125,7 +163,7 @@ class Store:
     a rollback drop it. Reads go through a read-only connection of their own, which sees
     what is committed (WAL lets it read while the writer writes)."""
 
-    def __init__(self, db: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, reader: Reader) -> None:
         self._db = db
         self._read = reader
         self._write_lock = asyncio.Lock()
@@ -142,10 +180,7 @@ class Store:
         await db.execute("PRAGMA busy_timeout = 5000")
         await db.execute("PRAGMA synchronous = NORMAL")
         await migrate(db, blobs or LocalBlobs(path.parent / "blobs"))
-        reader = await aiosqlite.connect(f"{_file_uri(path)}?mode=ro", uri=True)
-        reader.row_factory = aiosqlite.Row
-        await reader.execute("PRAGMA busy_timeout = 5000")
-        return cls(db, reader)
+        return cls(db, await open_reader(path))
 
     async def close(self) -> None:
         await self._read.close()
@@ -165,7 +200,7 @@ class Store:
             await self._db.commit()
 
     @property
-    def reader(self) -> aiosqlite.Connection:
+    def reader(self) -> Reader:
         """For stores of other tables (bot/learning_store.py) that share this database."""
         return self._read
 

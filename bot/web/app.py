@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import hmac
 import logging
-from pathlib import Path
 
-import aiosqlite
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
 from bot.config import Settings, split_host_port
 from bot.service import Service, User
+from bot.store import Reader, open_reader
 from bot.web import pages
 from bot.web.auth import TOKEN, Viewer
 from bot.web.pages import ADMIN, VIEWER
@@ -112,14 +111,10 @@ def _private(response: web.StreamResponse) -> web.StreamResponse:
     return response
 
 
-def make_app(service: Service, settings: Settings, reader: aiosqlite.Connection) -> web.Application:
+def make_app(service: Service, settings: Settings, reader: Reader) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
     pages.install(app, service, settings, reader)
     return app
-
-
-def _read_only(db: Path) -> str:
-    return f"{db.absolute().as_uri()}?mode=ro"
 
 
 class WebServer:
@@ -129,15 +124,14 @@ class WebServer:
         self.service = service
         self.settings = settings
         self.runner: web.AppRunner | None = None
-        self.reader: aiosqlite.Connection | None = None
+        self.reader: Reader | None = None
 
     async def start(self) -> None:
         listen = self.settings.web.listen
         if not listen:
             return
         host, port = split_host_port(listen)
-        self.reader = await aiosqlite.connect(_read_only(self.settings.storage.db), uri=True)
-        await self.reader.execute("PRAGMA busy_timeout = 5000")
+        self.reader = await open_reader(self.settings.storage.db)
         runner = web.AppRunner(make_app(self.service, self.settings, self.reader),
                                access_log_class=QuietAccessLogger, handle_signals=False)
         await runner.setup()

@@ -8,9 +8,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import aiosqlite
-
 from bot.service import Service
+from bot.store import Reader
 
 HOUR = 3600.0
 
@@ -79,7 +78,7 @@ def engines(service: Service) -> list[Engine]:
             for number, handle in enumerate(service.engines.handles, start=1)]
 
 
-async def last_hour(db: aiosqlite.Connection, now: float | None = None) -> Hour:
+async def last_hour(db: Reader, now: float | None = None) -> Hour:
     now = time.time() if now is None else now
     start = now - HOUR
     first = math.floor(start / 60) * 60

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-import aiosqlite
+from bot.store import Reader
 
 PAGE_SIZE = 24
 KINDS = {"txt2img": "imagine", "img2img": "vary", "inpaint": "inpaint"}
@@ -112,7 +112,7 @@ def _visible(scope: Scope) -> tuple[list[str], list[Any]]:
     return ([], []) if scope.admin else (["jobs.user_id = ?"], [scope.user_id])
 
 
-async def tiles(db: aiosqlite.Connection, scope: Scope, filters: Filters,
+async def tiles(db: Reader, scope: Scope, filters: Filters,
                 limit: int = PAGE_SIZE) -> list[Tile]:
     """One page of the gallery, newest first."""
     where, params = _visible(scope)
@@ -162,7 +162,7 @@ async def tiles(db: aiosqlite.Connection, scope: Scope, filters: Filters,
         return [Tile(*row) for row in await cursor.fetchall()]
 
 
-async def choices(db: aiosqlite.Connection, scope: Scope) -> dict[str, list[tuple[str, str]]]:
+async def choices(db: Reader, scope: Scope) -> dict[str, list[tuple[str, str]]]:
     """What the filter menus offer: (value, label) pairs. Versions and users come from their
     own small tables, not from scanning every image."""
     async def pairs(sql: str, params: Sequence[Any] = ()) -> list[tuple[str, str]]:
@@ -210,7 +210,7 @@ class Picture:
         return None if self.started_at is None else self.started_at - self.queued_at
 
 
-async def picture(db: aiosqlite.Connection, scope: Scope, image_id: int) -> Picture | None:
+async def picture(db: Reader, scope: Scope, image_id: int) -> Picture | None:
     """The image with its job, ratings and lineage; None if it does not exist or the viewer
     may not see it (the same answer, so nothing tells one from the other)."""
     where, params = _visible(scope)
@@ -244,7 +244,7 @@ async def picture(db: aiosqlite.Connection, scope: Scope, image_id: int) -> Pict
                    parent, children, from_hidden=source is not None and parent is None)
 
 
-async def _tiles_where(db: aiosqlite.Connection, scope: Scope, condition: str,
+async def _tiles_where(db: Reader, scope: Scope, condition: str,
                        params: list[Any], limit: int = 48) -> list[Tile]:
     where, visible = _visible(scope)
     sql = f"{_TILE} WHERE {' AND '.join([*where, condition])} ORDER BY images.id DESC LIMIT ?"
@@ -252,7 +252,7 @@ async def _tiles_where(db: aiosqlite.Connection, scope: Scope, condition: str,
         return [Tile(*row) for row in await cursor.fetchall()]
 
 
-async def image_blob(db: aiosqlite.Connection, scope: Scope, image_id: int) -> str | None:
+async def image_blob(db: Reader, scope: Scope, image_id: int) -> str | None:
     """The blob key of an image the viewer may see (None for any other)."""
     where, params = _visible(scope)
     async with db.execute(

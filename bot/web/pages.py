@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import aiosqlite
 import jinja2
 from aiohttp import web
 from PIL import Image
@@ -23,6 +22,7 @@ from PIL import Image
 from bot import commands as cmd
 from bot.config import Settings
 from bot.service import Service, User
+from bot.store import Reader
 from bot.web import gallery
 from bot.web.auth import TOKEN, LinkRefused, Viewer
 from bot.web.thumbs import thumbnail
@@ -31,7 +31,7 @@ from engine.blobs import BlobMissing
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SERVICE = web.AppKey("service", Service)
 SETTINGS = web.AppKey("settings", Settings)
-READER = web.AppKey("reader", aiosqlite.Connection)
+READER = web.AppKey("reader", Reader)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 VIEWER = web.RequestKey("viewer", Viewer | None)  # set by the guard (bot/web/app.py)
 ADMIN = web.RequestKey("admin", bool)
@@ -232,7 +232,7 @@ async def style(request: web.Request) -> web.Response:
 
 
 def install(app: web.Application, service: Service, settings: Settings,
-            reader: aiosqlite.Connection) -> None:
+            reader: Reader) -> None:
     from bot.web import admin  # the admins' pages, which build on these
 
     app[SERVICE], app[SETTINGS], app[READER] = service, settings, reader
