@@ -37,6 +37,7 @@ class Params:
     checkpoint: str | None = None  # --model: which loaded weights draw it
     image: str | None = None  # blob key of the picture to vary or repaint
     mask: str | None = None  # blob key of the inpainting mask (white = repaint)
+    scale: int | None = None  # an upscale: the output is this many times the picture's size
     style: str | None = None  # --style: a template from the config ("none": no style)
     words: str | None = None  # the user's own words, where a style made `prompt` of them
 

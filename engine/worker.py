@@ -282,6 +282,10 @@ class Engine:
         else:
             with Image.open(self._file(params.image)) as image:
                 width, height = fit_size(image.size, pipes.settings)
+                if params.scale:  # an upscale: redrawn at that many times its own size
+                    grid = pipes.settings.size_multiple
+                    width, height = (max(grid, round(side * params.scale / grid) * grid)
+                                     for side in image.size)
             if params.kind == "inpaint":
                 self._file(params.mask)
         return Plan(job.job_id, params, width, height,

@@ -17,7 +17,7 @@ from bot import commands as cmd
 from bot.adapters.discord_flow import refuse, run_job, run_quick, service_of, user_of
 
 PROMPT_CHARS = 1000  # a required prompt field's limit (Discord's is 6000); the configured one too
-JOBS = (cmd.Imagine, cmd.Vary, cmd.Inpaint)
+JOBS = (cmd.Imagine, cmd.Vary, cmd.Inpaint, cmd.Upscale)
 _TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "file": discord.Attachment}
 
 

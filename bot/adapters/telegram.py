@@ -212,7 +212,11 @@ class TelegramAdapter:
             await self._reply(message, str(error))
             return
         try:
-            if isinstance(request, cmd.Imagine | cmd.Vary | cmd.Inpaint):
+            if isinstance(request, cmd.Upscale) and request.image_id is None \
+                    and message.reply_to_message is not None:
+                found = image_id_in(message.reply_to_message, self.bot.id)
+                request = replace(request, image_id=found) if found else request
+            if isinstance(request, cmd.Imagine | cmd.Vary | cmd.Inpaint | cmd.Upscale):
                 await self._job_command(message, parts, request)
             else:
                 reply = await self.service.handle(_user(message), request,
@@ -228,7 +232,8 @@ class TelegramAdapter:
                                        "again in a moment.")
 
     async def _job_command(self, message: Message, parts: list[Message],
-                           request: cmd.Imagine | cmd.Vary | cmd.Inpaint) -> None:
+                           request: cmd.Imagine | cmd.Vary | cmd.Inpaint | cmd.Upscale
+                           ) -> None:
         status = await message.reply_text(WORKING, do_quote=True)
         origin = _origin(message, status)
         image = mask = None
@@ -308,8 +313,10 @@ class TelegramAdapter:
         status = await message.reply_text(f"{user.name}: {WORKING}", do_quote=True)
         origin = _origin(message, status, request_key=f"telegram:press:{query.id}")
         if button.action == "vary":
-            reply = await self.service.handle(user, cmd.Vary(image_id=button.image_id),
+            reply = await self.service.handle(user, cmd.varied(button.image_id, button.how),
                                               origin=origin)
+        elif button.action == "upscale":
+            reply = await self.service.handle(user, cmd.Upscale(button.image_id), origin=origin)
         else:
             reply = await self.service.reroll(user, button.image_id, origin)
         await _answer(query, reply.text, alert=reply.error)

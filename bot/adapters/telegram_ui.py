@@ -1,7 +1,8 @@
 """What the Telegram bot shows: captions, inline keyboards whose buttons carry their whole state
 (action and image id, so they keep working after a restart), and throttled status edits.
 
-Callback data (at most 64 bytes): `v:<image>` vary, `r:<image>` reroll, `s:<image>:<score>`.
+Callback data (at most 64 bytes): `v:<image>` vary (`v:<image>:s` subtle, `v:<image>:S` strong),
+`r:<image>` reroll, `u:<image>` upscale, `s:<image>:<score>` rate.
 """
 
 from __future__ import annotations
@@ -23,14 +24,17 @@ log = logging.getLogger(__name__)
 
 CAPTION_LIMIT = 1024
 STAR = "⭐"
-_BUTTON = re.compile(r"(v|r):([0-9]{1,19})|s:([0-9]{1,19}):([0-9])")
+_BUTTON = re.compile(r"(v|r|u):([0-9]{1,19})(?::([sS]))?|s:([0-9]{1,19}):([0-9])")
+_ACTIONS = {"v": "vary", "r": "reroll", "u": "upscale"}
+_HOW = {"s": "subtle", "S": "strong"}
 
 
 @dataclass(frozen=True)
 class Button:
-    action: str  # "vary", "reroll" or "rate"
+    action: str  # "vary", "reroll", "upscale" or "rate"
     image_id: int
     score: int | None = None
+    how: str | None = None  # a vary's "subtle" or "strong"
 
 
 def parse_button(data: str | None) -> Button | None:
@@ -40,9 +44,11 @@ def parse_button(data: str | None) -> Button | None:
         return None
     if match[1]:
         image_id = int(match[2])
-        button = Button("vary" if match[1] == "v" else "reroll", image_id)
+        if match[3] and match[1] != "v":
+            return None
+        button = Button(_ACTIONS[match[1]], image_id, how=_HOW.get(match[3] or ""))
     else:
-        image_id, score = int(match[3]), int(match[4])
+        image_id, score = int(match[4]), int(match[5])
         if not 1 <= score <= MAX_SCORE:
             return None
         button = Button("rate", image_id, score)
@@ -67,8 +73,10 @@ def _rating_row(image_id: int, prefix: str = "") -> list[InlineKeyboardButton]:
 
 def keyboard(image: ImageRow) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup([
-        [InlineKeyboardButton("🔀 Vary", callback_data=f"v:{image.id}"),
-         InlineKeyboardButton("🎲 Reroll", callback_data=f"r:{image.id}")],
+        [InlineKeyboardButton("🔀 Subtle", callback_data=f"v:{image.id}:s"),
+         InlineKeyboardButton("🔀 Strong", callback_data=f"v:{image.id}:S"),
+         InlineKeyboardButton("🎲 Reroll", callback_data=f"r:{image.id}"),
+         InlineKeyboardButton("⬆️ Upscale", callback_data=f"u:{image.id}")],
         _rating_row(image.id),
     ])
 
@@ -80,6 +88,8 @@ def album_keyboard(images: list[ImageRow]) -> InlineKeyboardMarkup:
         rows.append([InlineKeyboardButton(f"🔀 #{image.id}", callback_data=f"v:{image.id}"),
                      *_rating_row(image.id)])
     rows.append([InlineKeyboardButton("🎲 Reroll all", callback_data=f"r:{images[0].id}")])
+    rows.append([InlineKeyboardButton(f"⬆️ #{image.id}", callback_data=f"u:{image.id}")
+                 for image in images])
     return InlineKeyboardMarkup(rows)
 
 

@@ -15,6 +15,7 @@ from bot.commands.help import COMMANDS, HELP_TEXT
 from bot.commands.options import TABLE, Command, Option
 from bot.commands.parse import parse, parse_typed
 from bot.commands.requests import (
+    VARY_STRENGTHS,
     Cancel,
     ChatSettings,
     Help,
@@ -28,8 +29,10 @@ from bot.commands.requests import (
     ShowModels,
     ShowQueue,
     ShowStyles,
+    Upscale,
     Vary,
     Web,
+    varied,
 )
 from bot.commands.values import (
     MAX_CFG,
@@ -51,6 +54,6 @@ __all__ = [
     "MAX_RATIO", "MAX_SCORE", "MAX_SEED", "MAX_SIDE", "MAX_STEPS", "MAX_TRAIN_STEPS", "TABLE",
     "Cancel", "ChatSettings", "Command", "CommandError", "Help", "History", "Imagine", "Inpaint",
     "ModelCmd", "Option", "Rate", "Request", "Retrain", "ShowModels", "ShowQueue", "ShowStyles",
-    "Vary", "Web",
+    "Upscale", "VARY_STRENGTHS", "Vary", "Web", "varied",
     "parse", "parse_typed",
 ]

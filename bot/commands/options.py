@@ -154,6 +154,11 @@ PICTURE = Option("image", File(), "The picture; a PNG whose transparent part is 
                  "needs no mask", required=True)
 MASK = Option("mask", File(), "Same size as the picture: white = repaint, black = keep")
 
+UPSCALED = Option("image", Id(), "The picture's id, like 12 or #12", field="image_id",
+                  label="image id", hint="#id")
+SCALE = Option("scale", Word(("2", "4")), "How many times wider and taller", flag="scale",
+               label="scale", example="--scale 4", choices=(("2×", "2"), ("4×", "4")))
+
 RATED = Option("image", Id(), "The picture's id, like 12 or #12", field="image_id",
                label="image id", hint="#id", required=True)
 SCORE = Option("score", Whole(1, MAX_SCORE), "From bad to great", label="score", required=True)
@@ -233,8 +238,13 @@ _COMMANDS = (
             more="Without #id: an attached picture."),
     Command("inpaint", "Repaint the masked part of an attached picture", rq.inpaint, (
         _prompt("What to paint into the masked part", "/inpaint a red woollen hat"),
-        PICTURE, MASK, NEGATIVE, SEED, STEPS, CFG, STYLE),
+        PICTURE, MASK, NEGATIVE, SEED, STEPS, CFG, STYLE, STRENGTH),
             more="Attach its mask too (white = repaint)."),
+    Command("upscale", "Make a picture twice or four times as large", rq.upscale,
+            (UPSCALED, SCALE),
+            usage="/upscale takes one image id, like /upscale #12 (add --scale 4 for four "
+                  "times as large).",
+            more="Default: twice as large."),
     Command("rate", f"Rate a picture from 1 to {MAX_SCORE}", rq.Rate, (RATED, SCORE),
             usage=f"/rate needs an image id and a score from 1 to {MAX_SCORE}, like /rate #12 4; "
                   "you gave {count} word{s}.",

@@ -28,6 +28,21 @@ class Inpaint:
     params: Params  # kind "inpaint"; the prompt is always set
 
 
+# The Vary (Subtle) and Vary (Strong) buttons, as Midjourney has them (plain /vary: 0.6).
+VARY_STRENGTHS = {"subtle": 0.35, "strong": 0.75}
+
+
+def varied(image_id: int, how: str | None = None) -> Vary:
+    """What a Vary button asks for: `how` is "subtle", "strong" or None (the default)."""
+    return Vary(image_id, Params(kind="img2img", strength=VARY_STRENGTHS.get(how or "")))
+
+
+@dataclass(frozen=True)
+class Upscale:
+    image_id: int | None = None  # None: the platform should say which (a reply, a button)
+    scale: int = 2
+
+
 @dataclass(frozen=True)
 class Rate:
     image_id: int
@@ -104,7 +119,7 @@ class ShowModels:
 
 
 Request = (Imagine | Vary | Inpaint | Rate | Cancel | ShowQueue | History | Help | Retrain
-           | ModelCmd | ShowModels | Web | ShowStyles | ChatSettings)
+           | ModelCmd | ShowModels | Web | ShowStyles | ChatSettings | Upscale)
 
 
 def imagine(**given: object) -> Imagine:
@@ -113,6 +128,10 @@ def imagine(**given: object) -> Imagine:
 
 def inpaint(**given: object) -> Inpaint:
     return Inpaint(Params(kind="inpaint", **given))  # type: ignore[arg-type]
+
+
+def upscale(image_id: int | None = None, scale: str = "2") -> Upscale:
+    return Upscale(image_id, int(scale))
 
 
 def vary(image_id: int | None = None, **given: object) -> Vary:

@@ -22,6 +22,11 @@ from bot.store import ImageRow, JobRow, NewJob, Store
 from engine.blobs import key_of
 from engine.params import Params
 
+# An upscale without an upscaling model is a "hires fix": the picture enlarged, then redrawn
+# by its own model this lightly, so it gains detail and keeps what it shows.
+UPSCALE_STRENGTH = 0.3
+MAX_UPSCALED_SIDE = 4096
+
 
 class JobMaker:
     def __init__(self, settings: Settings, store: Store, models: ModelBoard,
@@ -78,6 +83,23 @@ class JobMaker:
         return self._new(user_id, dataclasses.replace(job.params, seed=None,
                                                        checkpoint=_ran_on(job)),
                          source_image_id=job.source_image_id, origin=origin)
+
+    async def upscale(self, user_id: int, request: cmd.Upscale, origin: dict) -> NewJob:
+        if request.image_id is None:
+            raise UserError("Which picture should I upscale? Give its id, like /upscale 12.")
+        source = await self.image(request.image_id)
+        largest = max(source.width, source.height) * request.scale
+        if largest > MAX_UPSCALED_SIDE:
+            raise UserError(f"Image #{source.id} is {source.width}×{source.height}: {request.scale}"
+                            f" times that is over {MAX_UPSCALED_SIDE} pixels a side. Try "
+                            "--scale 2, or a smaller picture.")
+        job = await self.store.get_job(source.job_id)
+        ran = job.resolved or job.params
+        params = Params(kind="img2img", prompt=ran.prompt or "", negative=ran.negative,
+                        seed=source.seed, steps=ran.steps, cfg=ran.cfg, n=1,
+                        strength=UPSCALE_STRENGTH, checkpoint=ran.checkpoint, image=source.blob,
+                        scale=request.scale)
+        return self._new(user_id, params, source_image_id=source.id, origin=origin)
 
     async def image(self, image_id: int) -> ImageRow:
         image = await self.store.get_image(image_id)

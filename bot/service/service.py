@@ -147,6 +147,9 @@ class Service:
             case cmd.Inpaint():
                 return await self.admission.submit(
                     await self.jobs.inpaint(user_id, request, image, mask, origin, chat))
+            case cmd.Upscale():
+                return await self.admission.submit(
+                    await self.jobs.upscale(user_id, request, origin))
             case cmd.Rate():
                 return await self._rate(user_id, request.image_id, request.score)
             case cmd.Cancel():
