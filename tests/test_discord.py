@@ -47,8 +47,8 @@ ALICE, BOB, ADMIN = 111, 222, 333
 FAST = 3  # steps for jobs whose picture is not looked at
 MAX_IMAGE_BYTES = 200_000
 MAX_IMAGE_PIXELS = 1_000_000
-COMMAND_NAMES = ["imagine", "vary", "inpaint", "rate", "cancel", "queue", "models", "history",
-                 "web", "help", "retrain", "model"]
+COMMAND_NAMES = ["imagine", "vary", "inpaint", "upscale", "rate", "cancel", "queue", "models",
+                 "styles", "settings", "history", "web", "help", "retrain", "model"]
 
 
 class World:
@@ -163,7 +163,8 @@ async def test_login_syncs_typed_commands_to_the_test_guild(world: World):
     assert world.fake.requests[:2] == ["GET /api/v10/users/@me",
                                        "GET /api/v10/oauth2/applications/@me"]
     imagine = {o["name"]: o for o in world.fake.commands["imagine"]["options"]}
-    assert list(imagine) == ["prompt", "negative", "seed", "steps", "cfg", "aspect", "n", "model"]
+    assert list(imagine) == ["prompt", "negative", "seed", "steps", "cfg", "aspect", "n", "model",
+                             "style"]
     assert imagine["prompt"]["required"] and imagine["prompt"]["description"]
     assert imagine["steps"]["type"] == 4 and imagine["steps"]["max_value"] == cmd.MAX_STEPS
     assert imagine["cfg"]["type"] == 10
@@ -200,7 +201,9 @@ async def test_imagine_defers_shows_the_queue_and_posts_the_picture(world: World
     fields = {f["name"]: f["value"] for f in embed["fields"]}
     assert fields == {"Seed": "1234", "Image": f"#{image['id']}",
                       "Model": image["version"]}
-    assert result.custom_ids == [f"mc:vary:{image['id']}", f"mc:reroll:{image['id']}"] + [
+    assert result.custom_ids == [
+        f"mc:vary:{image['id']}:subtle", f"mc:vary:{image['id']}:strong",
+        f"mc:reroll:{image['id']}", f"mc:upscale:{image['id']}"] + [
         f"mc:rate:{image['id']}:{score}" for score in range(1, 6)]
 
     assert picture(result).size == (256, 256)  # the 64-pixel result, enlarged for the chat
@@ -264,12 +267,23 @@ async def test_vary_reroll_and_rating_buttons_work_for_anyone(world: World):
     [source] = world.db("SELECT jobs.* FROM jobs JOIN images ON images.job_id = jobs.id "
                         "WHERE images.id = ?", image_id)
 
-    varied = await world.fake.press(original, f"mc:vary:{image_id}", BOB)
+    varied = await world.fake.press(original, f"mc:vary:{image_id}:subtle", BOB)
     rerolled = await world.fake.press(original, f"mc:reroll:{image_id}", BOB)
     vary_result, reroll_result = await world.result(varied), await world.result(rerolled)
     assert varied.callback == {"type": 5} and vary_result.content.startswith(f"<@{BOB}>")
     [vary_job] = world.db("SELECT * FROM jobs WHERE origin LIKE ?", f"%{varied.id}%")
     assert vary_job["kind"] == "img2img" and vary_job["source_image_id"] == image_id
+    assert Params.from_json(vary_job["params"]).strength == cmd.VARY_STRENGTHS["subtle"]
+    strong = await world.fake.press(original, f"mc:vary:{image_id}:strong", BOB)
+    upscaled = await world.fake.press(original, f"mc:upscale:{image_id}", BOB)
+    await world.result(strong)
+    upscale_result = await world.result(upscaled)
+    [strong_job] = world.db("SELECT * FROM jobs WHERE origin LIKE ?", f"%{strong.id}%")
+    assert Params.from_json(strong_job["params"]).strength == cmd.VARY_STRENGTHS["strong"]
+    [upscale_job] = world.db("SELECT * FROM jobs WHERE origin LIKE ?", f"%{upscaled.id}%")
+    assert (upscale_job["width"], upscale_job["height"]) == (128, 128)
+    assert upscale_job["source_image_id"] == image_id
+    assert picture(upscale_result).size[0] >= 256  # 128 px, enlarged for the chat
     [reroll_job] = world.db("SELECT * FROM jobs WHERE origin LIKE ?", f"%{rerolled.id}%")
     seeds = [Params.from_json(job["params"]).seed for job in (reroll_job, source)]
     assert reroll_job["prompt"] == source["prompt"] and seeds[0] != seeds[1]
@@ -421,7 +435,7 @@ async def test_after_a_restart_buttons_still_work_and_commands_are_not_synced_ag
     await world.start_bot()
     assert len(world.fake.syncs) == 1 and not world.adapter.client.synced
 
-    varied = await world.fake.press(before, f"mc:vary:{image_id}", ALICE)
+    varied = await world.fake.press(before, f"mc:vary:{image_id}:subtle", ALICE)
     result = await world.result(varied)
     assert picture(result).size == (256, 256)
     rerolled = await world.result(await world.fake.press(before, f"mc:reroll:{image_id}", BOB))

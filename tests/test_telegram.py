@@ -180,8 +180,8 @@ async def test_imagine_answers_at_once_edits_the_status_and_sends_the_photo(
     assert call["caption"].startswith(prompt)
     assert f"seed 7 · base · image #{image_id}" in call["caption"]
     buttons = [b["callback_data"] for row in call["reply_markup"]["inline_keyboard"] for b in row]
-    assert buttons == [f"v:{image_id}", f"r:{image_id}"] + [f"s:{image_id}:{s}"
-                                                             for s in range(1, 6)]
+    assert buttons == [f"v:{image_id}:s", f"v:{image_id}:S", f"r:{image_id}",
+                       f"u:{image_id}"] + [f"s:{image_id}:{s}" for s in range(1, 6)]
     assert message["chat"]["id"] == tg.GROUP["id"]
 
 
@@ -204,7 +204,9 @@ async def test_n_2_sends_an_album_with_a_keyboard_for_each_picture(canvas: Canva
     keyboard = await canvas.fake.wait_for("sendMessage", lambda c: "reply_markup" in c.params
                                           and tg.replied_to(c) == sent["message_id"])
     rows = keyboard["reply_markup"]["inline_keyboard"]
-    assert len(rows) == 3 and rows[-1][0]["callback_data"].startswith("r:")
+    assert len(rows) == 4 and rows[-2][0]["callback_data"].startswith("r:")
+    pictures = [row[0]["callback_data"].split(":")[1] for row in rows[:2]]
+    assert [b["callback_data"] for b in rows[-1]] == [f"u:{n}" for n in pictures]
 
 
 async def test_a_command_for_another_bot_is_ignored_and_a_bad_one_explained(
@@ -229,7 +231,7 @@ async def picture(canvas: Canvas, prompt: str = "a red square") -> tuple[dict[st
 async def test_vary_by_button_by_reply_and_by_caption(canvas: Canvas) -> None:
     photo_message, image_id = await picture(canvas)
 
-    await canvas.fake.push(tg.button_press(photo_message, f"v:{image_id}", user=tg.BOB))
+    await canvas.fake.push(tg.button_press(photo_message, f"v:{image_id}:S", user=tg.BOB))
     answer = await canvas.fake.wait_for("answerCallbackQuery")
     assert answer["text"].startswith("Queued job #")
     by_button, _ = await canvas.photo_for(photo_message)  # the variation replies to its source
@@ -244,8 +246,23 @@ async def test_vary_by_button_by_reply_and_by_caption(canvas: Canvas) -> None:
     jobs = [canvas.job(int(_job_of(canvas, call))) for call in (by_button, by_reply, by_caption)]
     assert [job["kind"] for job in jobs] == ["img2img"] * 3
     assert [job["source_image_id"] for job in jobs] == [image_id, image_id, None]
+    assert Params.from_json(jobs[0]["params"]).strength == cmd.VARY_STRENGTHS["strong"]
     assert Params.from_json(jobs[1]["params"]).strength == 0.5
     assert jobs[2]["prompt"] == "a blue circle"
+
+
+async def test_upscale_by_button_and_by_reply_sends_a_picture_twice_as_large(
+        canvas: Canvas) -> None:
+    photo_message, image_id = await picture(canvas, "a red circle on a blue background")
+    await canvas.fake.push(tg.button_press(photo_message, f"u:{image_id}", user=tg.BOB))
+    by_button, _ = await canvas.photo_for(photo_message)
+    reply = await canvas.say("/upscale --scale 4", reply_to=photo_message)
+    by_reply, _ = await canvas.photo_for(reply)
+    for call, scale in ((by_button, 2), (by_reply, 4)):
+        job = canvas.job(_job_of(canvas, call))
+        assert (job["width"], job["height"]) == (64 * scale, 64 * scale)
+        assert job["source_image_id"] == image_id
+        assert Params.from_json(job["params"]).scale == scale
 
 
 def _job_of(canvas: Canvas, call: tg.Call) -> int:
