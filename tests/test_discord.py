@@ -307,6 +307,35 @@ async def test_web_answers_with_a_sign_in_link_only_the_user_sees(world: World):
         assert page.status == 200 and 'id="signin"' in await page.text()
 
 
+async def test_a_channel_s_defaults_apply_there_and_a_user_s_options_win(world: World):
+    refused = await world.answer(await world.fake.slash("settings", BOB, aspect="16:9"))
+    assert refused.ephemeral and "only the bot's admins" in refused.content
+    saved = await world.answer(await world.fake.slash("settings", ADMIN, aspect="16:9",
+                                                      style="pixel-art", steps=FAST))
+    assert "aspect 16:9" in saved.content and "style pixel-art" in saved.content
+    by_channel = await world.fake.slash("imagine", ALICE, prompt="a red circle")
+    by_user = await world.fake.slash("imagine", ALICE, prompt="a red circle", aspect="1:1",
+                                     style="none")
+    await world.result(by_channel)
+    await world.result(by_user)
+    [channel_job] = world.db("SELECT * FROM jobs WHERE origin LIKE ?", f"%{by_channel.id}%")
+    [user_job] = world.db("SELECT * FROM jobs WHERE origin LIKE ?", f"%{by_user.id}%")
+    assert (channel_job["width"], channel_job["height"]) == (80, 48)
+    assert channel_job["prompt"] == "a red circle, pixel art, 16-bit, limited palette"
+    assert (user_job["width"], user_job["height"]) == (64, 64)
+    assert user_job["prompt"] == "a red circle"
+    shown = await world.answer(await world.fake.slash("settings", BOB))
+    assert "style pixel-art" in shown.content
+    await world.answer(await world.fake.slash("settings", ADMIN, action="reset"))
+
+
+async def test_style_option_autocompletes_the_style_names(world: World):
+    typed = await world.fake.autocomplete("imagine", ALICE, "style", "p")
+    await world.fake.wait_for(lambda: typed.callback)
+    names = [choice["value"] for choice in typed.callback["data"]["choices"]]
+    assert names == ["photo", "pixel-art"]
+
+
 async def test_rate_command_and_history_answer_only_the_user(world: World):
     [image] = world.db("SELECT id FROM images ORDER BY id LIMIT 1")
     rated = await world.answer(await world.fake.slash("rate", ALICE, image=f"#{image['id']}",

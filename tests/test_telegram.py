@@ -377,6 +377,28 @@ async def test_a_429_on_send_photo_is_waited_out(canvas: Canvas) -> None:
 # ---- other commands ----------------------------------------------------------------------
 
 
+async def test_a_group_s_defaults_apply_there_and_a_user_s_options_win(canvas: Canvas) -> None:
+    refused = await canvas.say("/settings --ar 16:9", user=tg.BOB, chat=tg.GROUP)
+    assert "only the bot's admins" in (await canvas.reply_to(refused))["text"]
+    saved = await canvas.say("/settings --ar 16:9 --style watercolor", user=tg.ADMIN,
+                             chat=tg.GROUP)
+    assert "aspect 16:9 · style watercolor" in (await canvas.reply_to(saved))["text"]
+    calls = []
+    for text, chat in ((f"/imagine a red circle {FAST}", tg.GROUP),
+                       (f"/imagine a red circle {FAST} --ar 1:1 --style none", tg.GROUP),
+                       (f"/imagine a red circle {FAST}", tg.PRIVATE)):
+        sent = await canvas.say(text, chat=chat)
+        calls.append((await canvas.photo_for(sent))[0])
+    in_group, overridden, in_private = (canvas.job(_job_of(canvas, call)) for call in calls)
+    assert (in_group["width"], in_group["height"]) == (80, 48)
+    assert in_group["prompt"].startswith("a red circle, watercolor painting")
+    assert Params.from_json(in_group["params"]).words == "a red circle"
+    for job in (overridden, in_private):
+        assert (job["width"], job["height"]) == (64, 64) and job["prompt"] == "a red circle"
+    reset = await canvas.say("/settings reset", user=tg.ADMIN, chat=tg.GROUP)
+    assert "no defaults of its own" in (await canvas.reply_to(reset))["text"]
+
+
 async def test_admin_commands_are_refused_to_others_and_help_speaks_of_telegram(
         canvas: Canvas) -> None:
     refused = await canvas.say("/retrain", user=tg.BOB, chat=tg.GROUP)
