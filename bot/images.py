@@ -103,3 +103,10 @@ def png_for_chat(path: str | Path, min_size: int) -> bytes:
 
 def _mb(size: int) -> str:
     return f"{size / 1_000_000:.1f} MB"
+
+
+def deleted_notice(size: int = 256) -> bytes:
+    """A plain grey square PNG: what a deleted picture's chat message shows instead."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (128, 128, 128)).save(buffer, format="PNG")
+    return buffer.getvalue()

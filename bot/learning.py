@@ -167,8 +167,7 @@ class Learning:
         steps, rank = request.steps or DEFAULT_STEPS, request.rank or DEFAULT_RANK
         run_id = await self.versions.start_run(
             version=name, base_model=model, parent_id=parent.id, user_id=user_id,
-            steps=steps, rank=rank, min_score=min_score, images_used=len(examples),
-            ratings_used=sum(example.ratings for example in examples), origin=origin)
+            steps=steps, rank=rank, min_score=min_score, examples=examples, origin=origin)
         self.run_id, self.progress, self._announced_quarter = run_id, None, 0
         self._idle.clear()
         await self.engines.train(protocol.Train(

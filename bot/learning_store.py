@@ -75,12 +75,15 @@ class LearningStore:
 
     async def training_examples(self, min_score: float) -> list[TrainingExample]:
         """Images whose average rating is at least `min_score`, with the prompts that made
-        them, oldest first."""
+        them, oldest first. Neither the pictures nor the ratings of users who opted out
+        (/optout) count."""
         rows = await self._all(
             """SELECT images.id AS image_id, images.blob, jobs.prompt,
                    AVG(ratings.score) AS score, COUNT(*) AS ratings
                FROM images JOIN jobs ON jobs.id = images.job_id
+               JOIN users AS makers ON makers.id = jobs.user_id AND makers.trains
                JOIN ratings ON ratings.image_id = images.id
+               JOIN users AS raters ON raters.id = ratings.user_id AND raters.trains
                GROUP BY images.id HAVING AVG(ratings.score) >= ? ORDER BY images.id""",
             (min_score,))
         return [TrainingExample(**dict(row)) for row in rows]
@@ -134,16 +137,28 @@ class LearningStore:
     # ---- training runs -------------------------------------------------------------------
 
     async def start_run(self, *, version: str, base_model: str, parent_id: int, user_id: int,
-                        steps: int, rank: int, min_score: float, images_used: int,
-                        ratings_used: int, origin: dict[str, Any]) -> int:
+                        steps: int, rank: int, min_score: float,
+                        examples: Sequence[TrainingExample], origin: dict[str, Any]) -> int:
+        """The run's record, with each picture it trains on and that picture's ratings."""
         async with self.transaction() as db:
             cursor = await db.execute(
                 """INSERT INTO training_runs (version, base_model, parent_id, user_id, steps, rank,
                        min_score, images_used, ratings_used, origin, started_at)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (version, base_model, parent_id, user_id, steps, rank, min_score, images_used,
-                 ratings_used, json.dumps(origin), time.time()))
+                (version, base_model, parent_id, user_id, steps, rank, min_score, len(examples),
+                 sum(example.ratings for example in examples), json.dumps(origin),
+                 time.time()))
+            await db.executemany(
+                """INSERT INTO training_run_images (run_id, image_id, score, ratings)
+                   VALUES (?, ?, ?, ?)""",
+                [(cursor.lastrowid, e.image_id, e.score, e.ratings) for e in examples])
         return cursor.lastrowid
+
+    async def run_images(self, run_id: int) -> list[tuple[int | None, float, int]]:
+        """What a run trained on: (image id, or None once deleted; its score; its ratings)."""
+        rows = await self._all("SELECT image_id, score, ratings FROM training_run_images"
+                               " WHERE run_id = ? ORDER BY rowid", (run_id,))
+        return [tuple(row) for row in rows]
 
     async def run(self, run_id: int) -> RunRow | None:
         rows = await self._all(

@@ -147,6 +147,8 @@ class FakeDiscord:
         app.router.add_delete(f"{api}/webhooks/{{app}}/{{token}}/messages/{{message}}",
                               self._delete)
         app.router.add_post(f"{api}/channels/{{channel}}/messages", self._channel_message)
+        app.router.add_patch(f"{api}/channels/{{channel}}/messages/{{message}}",
+                             self._edit_in_channel)
         app.router.add_get("/cdn/{name}", self._cdn)
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/gateway/", self._gateway)
@@ -391,7 +393,24 @@ class FakeDiscord:
         for key in ("embeds", "components"):
             if key in body:
                 setattr(message, key, body[key] or [])
-        if files:
+        if files or "attachments" in body:
+            message.files = files
+        return _json(message.payload())
+
+    async def _edit_in_channel(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return _error(401, 0, "401: Unauthorized")
+        message = self.messages.get(int(request.match_info["message"]))
+        if message is None or message.channel_id != int(request.match_info["channel"]):
+            return _error(404, 10008, "Unknown Message")
+        body, files = await _read_body(request)
+        message.edits.append({**body, "at": time.monotonic()})
+        if "content" in body:
+            message.content = body["content"] or ""
+        for key in ("embeds", "components"):
+            if key in body:
+                setattr(message, key, body[key] or [])
+        if files or "attachments" in body:
             message.files = files
         return _json(message.payload())
 

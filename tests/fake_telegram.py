@@ -277,6 +277,14 @@ class FakeTelegram:
         _set_markup(message, params.get("reply_markup"))
         return message
 
+    async def _m_editMessageMedia(self, params: dict, files: dict) -> dict:
+        message = self._message(params)
+        media = params["media"]
+        message["photo"] = self._photo(media["media"], files)
+        message["caption"] = media.get("caption")
+        _set_markup(message, params.get("reply_markup"))
+        return message
+
     async def _m_deleteMessage(self, params: dict, files: dict) -> bool:
         self._message(params)
         del self.messages[(int(params["chat_id"]), int(params["message_id"]))]

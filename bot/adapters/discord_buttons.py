@@ -94,7 +94,36 @@ class RateButton(discord.ui.DynamicItem[discord.ui.Button],
         await run_quick(interaction, cmd.Rate(self.image_id, self.score))
 
 
-BUTTONS = (VaryButton, RerollButton, UpscaleButton, RateButton)
+class ForgetButton(discord.ui.DynamicItem[discord.ui.Button],
+                   template=r"mc:forget:(?P<user>[0-9]{1,20})"):
+    """/forgetme's confirmation: it works only for the user who asked."""
+
+    def __init__(self, user_id: int) -> None:
+        super().__init__(discord.ui.Button(label="Yes, forget me",
+                                           style=discord.ButtonStyle.danger,
+                                           custom_id=f"mc:forget:{user_id}"))
+        self.user_id = user_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> ForgetButton:
+        return cls(int(match["user"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if interaction.user.id != self.user_id:
+            await interaction.response.send_message(
+                "This button is for the one who sent /forgetme.", ephemeral=True)
+            return
+        await run_quick(interaction, cmd.ForgetMe(confirm=True))
+
+
+def confirm_view(user_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(ForgetButton(user_id))
+    return view
+
+
+BUTTONS = (VaryButton, RerollButton, UpscaleButton, RateButton, ForgetButton)
 MAX_ROWS = 5  # Discord's limit
 
 

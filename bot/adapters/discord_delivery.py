@@ -105,10 +105,36 @@ class Delivery:
             "view": result_view([image.id for image in images]),
             "allowed_mentions": discord.AllowedMentions(users=[discord.Object(int(user))]),
         }
-        if await self._follow_up(job, message, pngs):
+        posted = await self._follow_up(job, message, pngs)
+        if posted is not None:
             await self._delete_placeholder(job)
+            where = {"message": str(posted), "via": "followup"}
+        else:
+            where = {"message": str(await self._to_channel(job, message, pngs)),
+                     "via": "channel"}
+        try:
+            await self.service.store.note_posted(job.id, {image.id: where for image in images})
+        except Exception:  # the pictures are out: a lost note only means /delete can't edit
+            log.exception("job %d: could not note where its pictures went", job.id)
+
+    async def retract(self, job: JobRow, image: ImageRow) -> None:
+        """A deleted picture: its message says so. A message with that one picture loses
+        it; one with several keeps the others' files and says which went."""
+        where = (job.origin.get("posted") or {}).get(str(image.id))
+        if not where:
             return
-        await self._to_channel(job, message, pngs)
+        alone = len(job.origin.get("posted") or {}) == 1
+        edit: dict[str, Any] = {"content": f"Image #{image.id} was deleted."}
+        if alone:
+            edit.update(attachments=[], embeds=[], view=None)
+        try:
+            if where["via"] == "followup" and self.token_alive(job.origin):
+                await self._webhook(job.origin).edit_message(int(where["message"]), **edit)
+            elif job.origin.get("channel_id"):
+                channel = self.client.get_partial_messageable(int(job.origin["channel_id"]))
+                await channel.get_partial_message(int(where["message"])).edit(**edit)
+        except discord.HTTPException as error:
+            log.info("image %d: its message was not edited (%s)", image.id, error.status)
 
     async def deliver_failure(self, job: JobRow, message: str) -> None:
         self._stop_progress(job.id)
@@ -135,27 +161,29 @@ class Delivery:
             users=[discord.Object(int(user))]))
 
     async def _follow_up(self, job: JobRow, message: dict[str, Any],
-                         pngs: list[tuple[str, bytes]]) -> bool:
-        """Send as a follow-up of the interaction; False if the token is too old or refused."""
+                         pngs: list[tuple[str, bytes]]) -> int | None:
+        """Send as a follow-up of the interaction: its message id; None if the token is too
+        old or refused."""
         if not self.token_alive(job.origin):
-            return False
+            return None
         try:
-            await self._webhook(job.origin).send(**message, files=_files(pngs), wait=True)
-            return True
+            sent = await self._webhook(job.origin).send(**message, files=_files(pngs),
+                                                        wait=True)
+            return sent.id
         except discord.HTTPException as error:
             log.info("job %d: follow-up refused (%s); posting in the channel",
                      job.id, error.status)
-            return False
+            return None
 
     async def _to_channel(self, job: JobRow, message: dict[str, Any],
-                          pngs: list[tuple[str, bytes]]) -> None:
-        """An ordinary message in the command's channel. Raises if that fails too, so the
-        service tries again at the next start."""
+                          pngs: list[tuple[str, bytes]]) -> int:
+        """An ordinary message in the command's channel: its id. Raises if that fails too, so
+        the service tries again at the next start."""
         channel_id = job.origin.get("channel_id")
         if not channel_id:
             raise RuntimeError(f"job {job.id} has no channel to deliver to")
         channel = self.client.get_partial_messageable(int(channel_id))
-        await channel.send(**message, files=_files(pngs))
+        return (await channel.send(**message, files=_files(pngs))).id
 
     async def _delete_placeholder(self, job: JobRow) -> None:
         """The 'queued… 45%' message has done its job once the result is posted."""

@@ -168,6 +168,12 @@ async def run_quick(interaction: discord.Interaction, request: cmd.Request) -> N
     await interaction.response.defer(ephemeral=True, thinking=True)
     reply = await service_of(interaction).handle(user_of(interaction), request,
                                                  origin=origin_of(interaction, None))
+    if reply.confirm == "forgetme":
+        from bot.adapters.discord_buttons import confirm_view  # (it imports this module)
+
+        await interaction.edit_original_response(content=_fit(reply.text),
+                                                 view=confirm_view(interaction.user.id))
+        return
     await interaction.edit_original_response(content=_fit(reply.text))
 
 

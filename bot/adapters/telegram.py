@@ -28,6 +28,8 @@ from telegram import (
     BotCommandScopeChat,
     BotCommandScopeDefault,
     CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
     InputFile,
     InputMediaPhoto,
     LinkPreviewOptions,
@@ -57,7 +59,7 @@ from bot.adapters.telegram_ui import (
     with_score,
 )
 from bot.config import Settings, split_host_port
-from bot.images import png_for_chat
+from bot.images import deleted_notice, png_for_chat
 from bot.service import Attachment, Service, User
 from bot.store import ImageRow, JobRow
 
@@ -224,6 +226,11 @@ class TelegramAdapter:
                 text = reply.text + (TELEGRAM_NOTE if isinstance(request, cmd.Help) else "")
                 if reply.private:
                     await self._reply_privately(message, text)
+                elif reply.confirm == "forgetme":
+                    button = InlineKeyboardButton("Yes, forget me",
+                                                  callback_data=f"f:{message.from_user.id}")
+                    await self._reply(message, text,
+                                      reply_markup=InlineKeyboardMarkup([[button]]))
                 else:
                     await self._reply(message, text)
         except Exception:
@@ -293,8 +300,11 @@ class TelegramAdapter:
         query = update.callback_query
         if query is None:
             return
-        button = parse_button(query.data if isinstance(query.data, str) else None)
         message = query.message if isinstance(query.message, Message) else None
+        if isinstance(query.data, str) and query.data.startswith("f:") and message is not None:
+            await self._on_forget(query, message)
+            return
+        button = parse_button(query.data if isinstance(query.data, str) else None)
         if button is None or message is None:
             await _answer(query, "Sorry, I don't know that button. Try /help.")
             return
@@ -322,6 +332,22 @@ class TelegramAdapter:
         await _answer(query, reply.text, alert=reply.error)
         await self._set_status(status, f"{user.name}: {reply.text}")
 
+    async def _on_forget(self, query: CallbackQuery, message: Message) -> None:
+        """The "Yes, forget me" button: it works for the one who asked, once."""
+        if not _on_keyboard(message, query.data):
+            await _answer(query, "Sorry, that is not one of this message's buttons.")
+            return
+        if query.data != f"f:{query.from_user.id}":
+            await _answer(query, "This button is for the one who sent /forgetme.", alert=True)
+            return
+        user = User(PLATFORM, str(query.from_user.id), query.from_user.full_name)
+        reply = await self.service.handle(user, cmd.ForgetMe(confirm=True))
+        await _answer(query, reply.text[:200], alert=reply.error)
+        try:
+            await message.edit_text(reply.text, reply_markup=None)
+        except TelegramError as error:
+            log.info("forget-me message not edited: %s", error)
+
     async def _mark_score(self, message: Message, image_id: int, score: int) -> None:
         markup = with_score(message.reply_markup, image_id, score)
         try:
@@ -347,20 +373,40 @@ class TelegramAdapter:
             for image in images))
         where = _where(job)
         if len(images) == 1:
-            await _retrying(lambda: self.bot.send_photo(
+            sent = [await _retrying(lambda: self.bot.send_photo(
                 chat_id, InputFile(pngs[0], filename=f"canvas-{images[0].id}.png"),
-                caption=caption(job, images[0]), reply_markup=keyboard(images[0]), **where))
+                caption=caption(job, images[0]), reply_markup=keyboard(images[0]), **where))]
         else:
             # Bytes, not InputFile: PTB then attaches each file by its own name.
             album = [InputMediaPhoto(png, caption=caption(job, image),
                                      filename=f"canvas-{image.id}.png")
                      for image, png in zip(images, pngs, strict=True)]
-            await _retrying(lambda: self.bot.send_media_group(chat_id, album, **where))
+            sent = list(await _retrying(lambda: self.bot.send_media_group(chat_id, album,
+                                                                          **where)))
             ids = ", ".join(f"#{image.id}" for image in images)
             await _retrying(lambda: self.bot.send_message(
                 chat_id, f"Images {ids}: vary or rate each one.",
                 reply_markup=album_keyboard(images), **where))
+        try:
+            await self.service.store.note_posted(job.id, {
+                image.id: message.message_id for image, message in zip(images, sent,
+                                                                        strict=False)})
+        except Exception:  # the pictures are out: a lost note only means /delete can't edit
+            log.exception("job %d: could not note where its pictures went", job.id)
         await self._drop_status(job)
+
+    async def retract(self, job: JobRow, image: ImageRow) -> None:
+        """A deleted picture: its photo is replaced by a notice, its buttons removed."""
+        message_id = (job.origin.get("posted") or {}).get(str(image.id))
+        chat_id = job.origin.get("chat_id")
+        if message_id is None or chat_id is None:
+            return
+        notice = InputMediaPhoto(deleted_notice(), caption=f"Image #{image.id} was deleted.",
+                                 filename="deleted.png")
+        try:
+            await self.bot.edit_message_media(notice, chat_id, message_id, reply_markup=None)
+        except TelegramError as error:  # too old to edit, or already gone
+            log.info("image %d: its message was not edited (%s)", image.id, error)
 
     async def deliver_failure(self, job: JobRow, message: str) -> None:
         await self.status.finish(job.id)

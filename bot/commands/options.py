@@ -159,6 +159,10 @@ UPSCALED = Option("image", Id(), "The picture's id, like 12 or #12", field="imag
 SCALE = Option("scale", Word(("2", "4")), "How many times wider and taller", flag="scale",
                label="scale", example="--scale 4", choices=(("2×", "2"), ("4×", "4")))
 
+DELETED = Option("image", Id(), "The id of your picture, like 12 or #12", field="image_id",
+                 label="image id", hint="#id")
+CONFIRM = Option("action", OneOf(("ask", "confirm")), "ask: say what goes first; confirm: do it")
+
 RATED = Option("image", Id(), "The picture's id, like 12 or #12", field="image_id",
                label="image id", hint="#id", required=True)
 SCORE = Option("score", Whole(1, MAX_SCORE), "From bad to great", label="score", required=True)
@@ -265,6 +269,16 @@ _COMMANDS = (
                   "defaults, /settings {options} to set them, or /settings reset.",
             more="Admins set them; everyone's own options still win."),
     Command("history", "Show your recent pictures", rq.History),
+    Command("delete", "Delete one of your pictures", rq.Delete, (DELETED,),
+            usage="/delete takes one image id, like /delete #12.",
+            more="Its file, its ratings and its message go too."),
+    Command("optout", "Keep your pictures and ratings out of training",
+            lambda: rq.Training(False), more="/optin undoes it."),
+    Command("optin", "Let training use your pictures and ratings (the default)",
+            lambda: rq.Training(True)),
+    Command("forgetme", "Remove everything the bot keeps about you", rq.forget_me, (CONFIRM,),
+            usage="/forgetme asks first; /forgetme confirm goes ahead.",
+            more="It asks you to confirm first."),
     Command("web", "Get a link that signs you in to the web gallery", rq.Web,
             more="The link is sent to you alone, works once, for 10 minutes."),
     Command("help", "Show every command and its options", rq.Help, aliases=("start",),

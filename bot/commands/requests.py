@@ -75,6 +75,23 @@ class Web:
 
 
 @dataclass(frozen=True)
+class Delete:
+    image_id: int | None = None  # None: the platform should say which (a reply)
+
+
+@dataclass(frozen=True)
+class Training:
+    """/optout (allowed False) and /optin: may /retrain use one's pictures and ratings?"""
+
+    allowed: bool
+
+
+@dataclass(frozen=True)
+class ForgetMe:
+    confirm: bool = False  # False: say what it does and ask to confirm
+
+
+@dataclass(frozen=True)
 class ShowStyles:
     pass
 
@@ -119,7 +136,8 @@ class ShowModels:
 
 
 Request = (Imagine | Vary | Inpaint | Rate | Cancel | ShowQueue | History | Help | Retrain
-           | ModelCmd | ShowModels | Web | ShowStyles | ChatSettings | Upscale)
+           | ModelCmd | ShowModels | Web | ShowStyles | ChatSettings | Upscale | Delete
+           | Training | ForgetMe)
 
 
 def imagine(**given: object) -> Imagine:
@@ -128,6 +146,10 @@ def imagine(**given: object) -> Imagine:
 
 def inpaint(**given: object) -> Inpaint:
     return Inpaint(Params(kind="inpaint", **given))  # type: ignore[arg-type]
+
+
+def forget_me(action: str = "") -> ForgetMe:
+    return ForgetMe(confirm=action == "confirm")
 
 
 def upscale(image_id: int | None = None, scale: str = "2") -> Upscale:

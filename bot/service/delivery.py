@@ -13,7 +13,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from bot.service.types import Deliverer
-from bot.store import JobRow, Store
+from bot.store import ImageRow, JobRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,19 @@ class Delivery:
             log.exception("could not deliver job %d; will retry at next start", job.id)
             return
         await self.store.mark_delivered(job.id)
+
+    def retract(self, job: JobRow, image: ImageRow) -> None:
+        """A deleted picture: its message in the chat says so, where the adapter can."""
+        deliverer = self.deliverers.get(job.platform)
+        retract = getattr(deliverer, "retract", None)
+        if retract is not None:
+            self.spawn(self._retract(retract, job, image))
+
+    async def _retract(self, retract: Any, job: JobRow, image: ImageRow) -> None:
+        try:
+            await retract(job, image)
+        except Exception:
+            log.exception("could not mark image %d deleted in its chat", image.id)
 
     async def announce(self, platform: str, origin: dict[str, Any], text: str) -> None:
         """A message that belongs to no job (retraining news) to where a command came from.

@@ -26,6 +26,7 @@ from bot.service.delivery import Delivery
 from bot.service.dispatch import Dispatch
 from bot.service.jobs import JobMaker
 from bot.service.models import ModelBoard
+from bot.service.privacy import Privacy
 from bot.service.types import OUR_FAULT, Attachment, Deliverer, Reply, User
 from bot.store import ImageRow, Store
 from bot.web.auth import SignIns
@@ -54,6 +55,7 @@ class Service:
         self.chats = Chats(store, self.models, settings.styles)
         self.jobs = JobMaker(settings, store, self.models, self.chats)
         self.sign_ins = SignIns(store)
+        self.privacy = Privacy(store, blobs, settings.storage.images / "thumbs")
         self.web_running = False  # set by the web server (bot/web/) once it listens
 
     # ---- start and stop ------------------------------------------------------------------
@@ -164,6 +166,17 @@ class Service:
                 return Reply(self._help_text())
             case cmd.Web():
                 return await self._web_link(user_id)
+            case cmd.Delete():
+                return await self._delete(user, user_id, request.image_id)
+            case cmd.Training():
+                await self.privacy.set_training(user_id, request.allowed)
+                return Reply("Done: /retrain may use your pictures and ratings again."
+                             if request.allowed else
+                             "Done: /retrain will leave out your pictures and ratings from now "
+                             "on (versions already trained stay as they are). /optin undoes "
+                             "it.")
+            case cmd.ForgetMe():
+                return await self._forget(user_id, request.confirm)
             case cmd.ShowStyles():
                 return Reply(self.chats.styles_text())
             case cmd.ChatSettings():
@@ -203,6 +216,26 @@ class Service:
             return Reply(f"Cancelled job #{job_id}.", job_id=job_id)
         await self.engines.cancel(job_id)
         return Reply(f"Stopping job #{job_id}…", job_id=job_id)
+
+    async def _delete(self, user: User, user_id: int, image_id: int | None) -> Reply:
+        if image_id is None:
+            raise UserError("Which picture should I delete? Give its id, like /delete 12.")
+        deleted = await self.privacy.delete(image_id, user_id, self.is_admin(user))
+        self.delivery.retract(deleted.job, deleted.image)
+        return Reply(f"Deleted image #{image_id}: its file, its ratings and its place in the "
+                     "gallery are gone.")
+
+    async def _forget(self, user_id: int, confirmed: bool) -> Reply:
+        if not confirmed:
+            return Reply("/forgetme removes everything I keep about you: your pictures (files "
+                         "and messages' records), your prompts and jobs, your ratings and your "
+                         "sign-ins to the web gallery. It cannot be undone. Press \"Yes, "
+                         "forget me\" (or send /forgetme confirm) to go ahead.",
+                         confirm="forgetme")
+        busy = self.admission.latest_of(user_id) is not None
+        count = await self.privacy.forget(user_id, busy)
+        return Reply(f"Done: I have forgotten you ({count} picture{'s' if count != 1 else ''} "
+                     "removed, with your prompts, ratings and sign-ins).")
 
     async def _web_link(self, user_id: int) -> Reply:
         if not self.web_running:

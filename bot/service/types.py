@@ -38,6 +38,7 @@ class Reply:
     position: int | None = None
     private: bool = False
     link: str | None = None  # the address the text gives, for adapters that show it apart
+    confirm: str | None = None  # a command the user may confirm with a button: "forgetme"
 
     @property
     def queued(self) -> bool:
