@@ -43,12 +43,13 @@ from tests.fake_discord import (
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-ALICE, BOB, ADMIN = 111, 222, 333
+ALICE, BOB, ADMIN, CAROL = 111, 222, 333, 444
 FAST = 3  # steps for jobs whose picture is not looked at
 MAX_IMAGE_BYTES = 200_000
 MAX_IMAGE_PIXELS = 1_000_000
 COMMAND_NAMES = ["imagine", "vary", "inpaint", "upscale", "rate", "cancel", "queue", "models",
-                 "styles", "settings", "history", "web", "help", "retrain", "model"]
+                 "styles", "settings", "history", "delete", "optout", "optin", "forgetme", "web",
+                 "help", "retrain", "model"]
 
 
 class World:
@@ -327,6 +328,28 @@ async def test_a_channel_s_defaults_apply_there_and_a_user_s_options_win(world: 
     shown = await world.answer(await world.fake.slash("settings", BOB))
     assert "style pixel-art" in shown.content
     await world.answer(await world.fake.slash("settings", ADMIN, action="reset"))
+
+
+async def test_delete_empties_the_picture_s_message_and_only_its_owner_may(world: World):
+    asked = await world.fake.slash("imagine", ALICE, prompt="a blue circle", steps=FAST)
+    result = await world.result(asked)
+    image_id = int(result.custom_ids[0].split(":")[2])
+    refused = await world.answer(await world.fake.slash("delete", BOB, image=str(image_id)))
+    assert refused.ephemeral and f"You have no image #{image_id}" in refused.content
+    deleted = await world.answer(await world.fake.slash("delete", ALICE, image=f"#{image_id}"))
+    assert deleted.ephemeral and f"Deleted image #{image_id}" in deleted.content
+    await world.fake.wait_for(lambda: result.content == f"Image #{image_id} was deleted.")
+    assert result.files == [] and result.custom_ids == [] and result.embeds == []
+    assert world.db("SELECT * FROM images WHERE id = ?", image_id) == []
+
+
+async def test_forgetme_asks_with_a_button_only_its_asker_may_press(world: World):
+    asked = await world.answer(await world.fake.slash("forgetme", CAROL))
+    assert asked.ephemeral and "cannot be undone" in asked.content
+    assert asked.custom_ids == [f"mc:forget:{CAROL}"]
+    await world.answer(await world.fake.slash("optout", CAROL))
+    assert world.db("SELECT trains FROM users WHERE platform_user_id = ?",
+                    str(CAROL))[0][0] == 0
 
 
 async def test_style_option_autocompletes_the_style_names(world: World):

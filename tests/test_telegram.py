@@ -432,6 +432,79 @@ async def test_retraining_news_reaches_the_admins_chat(canvas: Canvas) -> None:
     assert "Now using base" in (await canvas.reply_to(back))["text"]
 
 
+async def test_an_opted_out_user_s_ratings_are_left_out_of_the_next_retrain(
+        canvas: Canvas) -> None:
+    admin_chat = {**tg.PRIVATE, "id": 42}
+    bob_chat = {**tg.PRIVATE, "id": tg.BOB["id"]}
+    _, only_bob = await picture(canvas, "a yellow circle on a black background")
+    rated = await canvas.say(f"/rate {only_bob} 5", user=tg.BOB, chat=bob_chat)
+    await canvas.reply_to(rated)
+    out = await canvas.say("/optout", user=tg.BOB, chat=bob_chat)
+    assert "leave out" in (await canvas.reply_to(out))["text"]
+    await canvas.service.learning.idle()
+    asked = await canvas.say("/retrain --steps 2 --rank 2", user=tg.ADMIN, chat=admin_chat)
+    assert "Retraining started" in (await canvas.reply_to(asked))["text"]
+    await canvas.fake.wait_for(
+        "sendMessage", lambda call: "Retraining finished: v2" in call.params.get("text", ""),
+        timeout=60)
+    [(run_id, ratings_used)] = canvas.store_rows(
+        "SELECT id, ratings_used FROM training_runs WHERE version = 'v2'")
+    used = canvas.store_rows(f"SELECT image_id, ratings FROM training_run_images "
+                             f"WHERE run_id = {run_id}")
+    assert only_bob not in [image_id for image_id, _ in used]  # the run's record shows it
+    assert ratings_used == sum(count for _, count in used)
+    bob = canvas.store_rows(f"SELECT id FROM users WHERE platform_user_id = '{tg.BOB['id']}'")
+    assert not canvas.store_rows(f"SELECT * FROM ratings JOIN training_run_images USING "
+                                 f"(image_id) WHERE run_id = {run_id} AND user_id = "
+                                 f"{bob[0][0]} AND ratings = 1")
+    back = await canvas.say("/optin", user=tg.BOB, chat=bob_chat)
+    assert "again" in (await canvas.reply_to(back))["text"]
+    undo = await canvas.say("/model use base", user=tg.ADMIN, chat=admin_chat)
+    assert "Now using base" in (await canvas.reply_to(undo))["text"]
+
+
+async def test_delete_replaces_the_photo_and_only_its_owner_may(canvas: Canvas) -> None:
+    photo_message, image_id = await picture(canvas, "a red circle on a blue background")
+    bobs = await canvas.say(f"/delete {image_id}", user=tg.BOB,
+                            chat={**tg.PRIVATE, "id": tg.BOB["id"]})
+    assert f"You have no image #{image_id}" in (await canvas.reply_to(bobs))["text"]
+    asked = await canvas.say(f"/delete #{image_id}")
+    assert f"Deleted image #{image_id}" in (await canvas.reply_to(asked))["text"]
+    edit = await canvas.fake.wait_for(
+        "editMessageMedia", lambda c: int(c.params["message_id"]) == photo_message["message_id"])
+    assert edit.params["media"]["caption"] == f"Image #{image_id} was deleted."
+    shown = canvas.fake.messages[(photo_message["chat"]["id"], photo_message["message_id"])]
+    assert "reply_markup" not in shown or not shown["reply_markup"]
+    assert canvas.store_rows(f"SELECT * FROM images WHERE id = {image_id}") == []
+    history = await canvas.say("/history")
+    assert f"image #{image_id} " not in (await canvas.reply_to(history))["text"]
+
+
+async def test_forgetme_asks_with_a_button_that_only_its_asker_may_press(
+        canvas: Canvas) -> None:
+    bob_chat = {**tg.PRIVATE, "id": tg.BOB["id"]}
+    sent = await canvas.say(f"/imagine a green square {FAST}", user=tg.BOB, chat=bob_chat)
+    await canvas.photo_for(sent)
+    asked = await canvas.say("/forgetme", user=tg.BOB, chat=bob_chat)
+    question = await canvas.reply_to(asked)
+    [[button]] = question["reply_markup"]["inline_keyboard"]
+    assert button["text"] == "Yes, forget me" and "cannot be undone" in question["text"]
+    message = canvas.fake.messages[(bob_chat["id"], question.result["message_id"])]
+    await canvas.fake.push(tg.button_press(message, button["callback_data"], user=tg.ALICE))
+    refused = await canvas.fake.wait_for("answerCallbackQuery",
+                                         lambda c: "for the one who sent" in c["text"])
+    assert refused["show_alert"] is True
+    bob = f"'{tg.BOB['id']}'"
+    assert canvas.store_rows(f"SELECT * FROM users WHERE platform_user_id = {bob}")
+    await canvas.fake.push(tg.button_press(message, button["callback_data"], user=tg.BOB))
+    await canvas.fake.wait_for("answerCallbackQuery",
+                               lambda c: "I have forgotten you" in c["text"])
+    assert canvas.store_rows(f"SELECT * FROM users WHERE platform_user_id = {bob}") == []
+    await canvas.fake.wait_for("editMessageText",
+                               lambda c: "I have forgotten you" in c.params["text"])
+    assert "I have forgotten you" in message["text"] and not message.get("reply_markup")
+
+
 async def test_a_command_telegram_sends_again_runs_once(canvas: Canvas) -> None:
     """Telegram re-sends updates a bot did not confirm before it died: the same message again
     must not make a second job."""

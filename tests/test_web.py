@@ -408,3 +408,18 @@ async def test_no_token_reaches_the_log_or_a_page(site: Site) -> None:
     assert "GET <signin_link> 200" in logged  # requests are logged, by route
     await context.close()
 
+
+
+async def test_a_deleted_picture_leaves_the_gallery(site: Site, pictures: dict[str, int]) -> None:
+    page = await site.signed_in(tg.ALICE)
+    gone = pictures["a yellow triangle on a green background"]
+    assert gone in await tile_ids(page)
+    asked = await site.say(f"/delete {gone}")
+    await site.fake.wait_for("sendMessage", lambda c: tg.replied_to(c) == asked["message_id"])
+    await page.reload()
+    assert gone not in await tile_ids(page)
+    answer = await page.goto(f"{site.url}/image/{gone}")
+    assert answer.status == 404
+    thumb = await page.request.get(f"{site.url}/image/{gone}/thumb.webp")
+    assert thumb.status == 404
+    await page.context.close()

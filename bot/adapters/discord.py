@@ -80,3 +80,6 @@ class DiscordAdapter:
 
     async def announce(self, origin: dict[str, Any], text: str) -> None:
         await self.delivery.announce(origin, text)
+
+    async def retract(self, job: JobRow, image: ImageRow) -> None:
+        await self.delivery.retract(job, image)
