@@ -114,6 +114,8 @@ class EngineSettings:
     # GB of device memory the engine keeps models in; 0 (written `auto`): what is free after
     # the first model loads, less headroom.
     memory: float = _setting(0.0, min=0.001, auto=True)
+    # A folder of LoRA files (.safetensors) people may add with --lora NAME[:WEIGHT].
+    loras: Path | None = None
 
     def __post_init__(self) -> None:
         for name in self.models:

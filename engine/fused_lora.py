@@ -14,7 +14,9 @@ original layers back, and the new version is merged like any other.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -44,6 +46,12 @@ def lora_deltas(file: Path) -> dict[str, torch.Tensor]:
 class FusedAdapters(Adapters):
     """Adapters for a compiled denoiser: the chain generation uses is merged in place.
     `loaded` holds only a peft adapter being trained."""
+
+    @contextlib.contextmanager
+    def with_loras(self, loras: tuple[tuple[str, float, str], ...] | None) -> Iterator[None]:
+        if loras:  # one job's LoRAs would make the compiled graph trace again, every time
+            raise ValueError("LoRAs by name (--lora) need engine.compile: false on this bot.")
+        yield
 
     def __init__(self, denoiser: torch.nn.Module, blobs: LocalBlobs) -> None:
         super().__init__(denoiser, blobs)

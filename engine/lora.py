@@ -14,15 +14,18 @@ autocast, and a float16 model's loss is scaled (GradScaler) so its gradients do 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig
 from PIL import Image
+from safetensors import safe_open
 
 from engine import protocol
 from engine.blobs import LocalBlobs
@@ -73,6 +76,42 @@ class Adapters:
 
     def for_generation(self) -> None:
         self.activate(self.active)
+
+    @contextlib.contextmanager
+    def with_loras(self, loras: tuple[tuple[str, float, str], ...] | None) -> Iterator[None]:
+        """For one batch: the active version's chain plus the job's own LoRAs by name (--lora),
+        each at its weight; the chain alone again afterwards."""
+        if not loras:
+            yield
+            return
+        names = [self._load_named(name, key) for name, _, key in loras]
+        self.denoiser.enable_adapters()
+        self.denoiser.set_adapters([*self.active, *names],
+                                   [1.0] * len(self.active) + [w for _, w, _ in loras])
+        try:
+            yield
+        finally:
+            self.for_generation()
+
+    def _load_named(self, name: str, key: str) -> str:
+        adapter = f"lora-{key.split('.')[0][:16]}"
+        if adapter in self.loaded:
+            return adapter
+        path = self.blobs.path(key)
+        with safe_open(str(path), "pt") as weights:
+            first = next(iter(weights.keys()), "")
+        prefix = first.split(".")[0] if first.startswith(("unet.", "transformer.")) else None
+        try:
+            self.denoiser.load_lora_adapter(str(path.parent), weight_name=path.name,
+                                            adapter_name=adapter, prefix=prefix,
+                                            use_safetensors=True)
+        except Exception as error:
+            with contextlib.suppress(Exception):
+                self.denoiser.delete_adapters(adapter)
+            raise ValueError(f"The LoRA {name} does not fit this model (it was made for "
+                             f"another model family or size): {error}") from None
+        self.loaded.add(adapter)
+        return adapter
 
     def drop(self, version: str) -> None:
         """Forget a LoRA that was loaded (a half-trained one)."""

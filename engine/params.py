@@ -37,6 +37,8 @@ class Params:
     checkpoint: str | None = None  # --model: which loaded weights draw it
     image: str | None = None  # blob key of the picture to vary or repaint
     mask: str | None = None  # blob key of the inpainting mask (white = repaint)
+    # --lora NAME[:WEIGHT]: (name, weight, blob key of its file); the key is the bot's to fill
+    loras: tuple[tuple[str, float, str], ...] | None = None
     scale: int | None = None  # an upscale: the output is this many times the picture's size
     style: str | None = None  # --style: a template from the config ("none": no style)
     words: str | None = None  # the user's own words, where a style made `prompt` of them
@@ -75,6 +77,8 @@ class Params:
         known = {name: value for name, value in values.items() if name in _NAMES}
         if known.get("aspect") is not None:
             known["aspect"] = tuple(known["aspect"])
+        if known.get("loras") is not None:
+            known["loras"] = tuple((str(n), float(w), str(k)) for n, w, k in known["loras"])
         if known.get("kind", "txt2img") not in KINDS:
             raise ValueError(f"unknown job kind {known['kind']!r}")
         return cls(**known)
@@ -89,4 +93,4 @@ _FILLABLE = tuple(sorted(_NAMES - {"kind"}))
 
 
 def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+    return [_plain(item) for item in value] if isinstance(value, tuple) else value

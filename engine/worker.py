@@ -68,7 +68,7 @@ class Plan:
     def batch_key(self) -> tuple:
         params = self.params
         return (params.kind, params.checkpoint, self.width, self.height, params.steps,
-                params.cfg, params.strength, self.options)
+                params.cfg, params.strength, params.loras, self.options)
 
     @property
     def steps_run(self) -> int:
@@ -462,7 +462,8 @@ class Engine:
                 arguments.update(width=plan.width, height=plan.height)
             elif accepts(pipe, "width"):  # FLUX's img2img sizes its output itself otherwise
                 arguments.update(width=plan.width, height=plan.height)
-        with torch.inference_mode():
+        adapters = self.model_adapters[plan.params.checkpoint]
+        with torch.inference_mode(), adapters.with_loras(plan.params.loras):
             output = pipe(**arguments)
         images = output.images
         flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(images)

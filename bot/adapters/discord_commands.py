@@ -34,9 +34,19 @@ async def _complete_style(interaction: discord.Interaction, current: str) -> lis
             if current.lower() in name.lower()][:25]
 
 
+async def _complete_lora(interaction: discord.Interaction, current: str) -> list[Choice[str]]:
+    """The LoRA names, completing the last of those typed so far (`ink:0.8, wa`)."""
+    done, _, last = current.rpartition(",")
+    prefix = f"{done}, " if done else ""
+    names = [lora.name for lora in service_of(interaction).loras.all()]
+    return [Choice(name=f"{prefix}{name}"[:100], value=f"{prefix}{name}"[:100])
+            for name in names if last.strip().lower() in name.lower()][:25]
+
+
 COMPLETERS: dict[str, Callable[[discord.Interaction, str], Awaitable[list[Choice[str]]]]] = {
     "checkpoints": _complete_checkpoint,
     "styles": _complete_style,
+    "loras": _complete_lora,
 }
 
 

@@ -28,6 +28,7 @@ from bot.commands.requests import (
     Rate,
     Request,
     Retrain,
+    ShowLoras,
     ShowModels,
     ShowQueue,
     ShowStyles,
@@ -57,7 +58,8 @@ __all__ = [
     "MAX_RATIO", "MAX_SCORE", "MAX_SEED", "MAX_SIDE", "MAX_STEPS", "MAX_TRAIN_STEPS", "TABLE",
     "Cancel", "ChatSettings", "Command", "CommandError", "Delete", "ForgetMe", "Help", "History",
     "Imagine", "Inpaint", "Training",
-    "ModelCmd", "Option", "Rate", "Request", "Retrain", "ShowModels", "ShowQueue", "ShowStyles",
+    "ModelCmd", "Option", "Rate", "Request", "Retrain", "ShowLoras", "ShowModels", "ShowQueue",
+    "ShowStyles",
     "Upscale", "VARY_STRENGTHS", "Vary", "Web", "varied",
     "parse", "parse_typed",
 ]

@@ -26,6 +26,7 @@ from bot.commands.values import (
     File,
     Id,
     Kind,
+    Loras,
     Name,
     Number,
     OneOf,
@@ -137,6 +138,8 @@ CHECKPOINT = Option("model", Name(), "Model to draw with", flag="model", field="
 STYLE = Option("style", Name(), "A style to draw in (/styles lists them; none: no style)",
                flag="style", label="style name", example="--style watercolor",
                complete="styles")
+LORAS = Option("loras", Loras(), "LoRAs to add, NAME[:WEIGHT], up to 3 (/loras lists them)",
+               flag="lora", label="LoRAs", example="--lora ink:0.8", complete="loras")
 OF_MODEL = Option("model", Name(), "Which model (default: the default one)", flag="model",
                   field="checkpoint", label="model name", example="--model sdxl-base",
                   complete="checkpoints")
@@ -234,7 +237,7 @@ _COMMANDS = (
     Command("imagine", "Make pictures from a description", rq.imagine, (
         _prompt("What to draw, e.g. a red circle on a blue background",
                 "/imagine a red fox in the snow"),
-        NEGATIVE, SEED, STEPS, CFG, ASPECT, PICTURES, CHECKPOINT, STYLE)),
+        NEGATIVE, SEED, STEPS, CFG, ASPECT, PICTURES, CHECKPOINT, STYLE, LORAS)),
     Command("vary", "Make a variation of a picture", rq.vary,
             (VARY_IMAGE, VARY_ID, STRENGTH, SEED, NEW_PROMPT),
             usage="/vary takes at most one image id, like /vary #12; to change the description "
@@ -242,7 +245,7 @@ _COMMANDS = (
             more="Without #id: an attached picture."),
     Command("inpaint", "Repaint the masked part of an attached picture", rq.inpaint, (
         _prompt("What to paint into the masked part", "/inpaint a red woollen hat"),
-        PICTURE, MASK, NEGATIVE, SEED, STEPS, CFG, STYLE, STRENGTH),
+        PICTURE, MASK, NEGATIVE, SEED, STEPS, CFG, STYLE, STRENGTH, LORAS),
             more="Attach its mask too (white = repaint)."),
     Command("upscale", "Make a picture twice or four times as large", rq.upscale,
             (UPSCALED, SCALE),
@@ -260,6 +263,8 @@ _COMMANDS = (
     Command("queue", "Show the jobs waiting and running", rq.ShowQueue),
     Command("models", "List the models to draw with", rq.ShowModels,
             more="Use one with /imagine ... --model <name>."),
+    Command("loras", "List the LoRAs to add to a picture", rq.ShowLoras,
+            more="Add one with /imagine ... --lora <name>[:weight]."),
     Command("styles", "List the styles to draw in", rq.ShowStyles,
             more="Use one with /imagine ... --style <name>."),
     Command("settings", "Show or set this chat's defaults", rq.ChatSettings,

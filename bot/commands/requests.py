@@ -92,6 +92,11 @@ class ForgetMe:
 
 
 @dataclass(frozen=True)
+class ShowLoras:
+    pass
+
+
+@dataclass(frozen=True)
 class ShowStyles:
     pass
 
@@ -137,7 +142,7 @@ class ShowModels:
 
 Request = (Imagine | Vary | Inpaint | Rate | Cancel | ShowQueue | History | Help | Retrain
            | ModelCmd | ShowModels | Web | ShowStyles | ChatSettings | Upscale | Delete
-           | Training | ForgetMe)
+           | Training | ForgetMe | ShowLoras)
 
 
 def imagine(**given: object) -> Imagine:

@@ -279,6 +279,42 @@ class Text(Kind):
         return value
 
 
+MAX_LORAS = 3
+MAX_LORA_WEIGHT = 2.0
+_LORA = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]{0,63})(?::([+-]?[0-9]*\.?[0-9]+))?")
+
+
+@dataclass(frozen=True)
+class Loras(Kind):
+    """Up to MAX_LORAS LoRAs by name, each NAME or NAME:WEIGHT, separated by spaces or
+    commas: a tuple of (name, weight)."""
+
+    rest: ClassVar[bool] = True
+
+    @property
+    def hint(self) -> str:
+        return "<name>[:weight]"
+
+    def text(self, value: str, label: str, like: str, limit: int) -> tuple[tuple[str, float], ...]:
+        found = []
+        for word in re.split(r"[\s,]+", value.strip()):
+            match = _LORA.fullmatch(word)
+            if match is None:
+                raise CommandError(f"A LoRA is NAME or NAME:WEIGHT, like --lora ink:0.8; you "
+                                   f"gave {shown(word)}.")
+            weight = float(match[2]) if match[2] else 1.0
+            if not 0 < weight <= MAX_LORA_WEIGHT:
+                raise CommandError(f"A LoRA's weight is above 0 and at most "
+                                   f"{MAX_LORA_WEIGHT:g}; {match[1]} has {shown(match[2])}.")
+            found.append((match[1], weight))
+        if len(found) > MAX_LORAS:
+            raise CommandError(f"At most {MAX_LORAS} LoRAs go in one picture; you gave "
+                               f"{len(found)}.")
+        if len({name.lower() for name, _ in found}) != len(found):
+            raise CommandError("Each LoRA goes in once; give it one weight.")
+        return tuple(found)
+
+
 @dataclass(frozen=True)
 class Word(Kind):
     """One word from `values` (any case), given as an option's value; anything else is refused

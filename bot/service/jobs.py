@@ -16,6 +16,7 @@ from bot.config import Settings
 from bot.errors import UserError
 from bot.images import ImageLimits, open_image, split_image_and_mask
 from bot.service.chats import Chats
+from bot.service.loras import LoraShelf
 from bot.service.models import ModelBoard
 from bot.service.types import Attachment
 from bot.store import ImageRow, JobRow, NewJob, Store
@@ -30,11 +31,12 @@ MAX_UPSCALED_SIDE = 4096
 
 class JobMaker:
     def __init__(self, settings: Settings, store: Store, models: ModelBoard,
-                 chats: Chats) -> None:
+                 chats: Chats, loras: LoraShelf) -> None:
         self.settings = settings
         self.store = store
         self.models = models
         self.chats = chats
+        self.loras = loras
 
     async def imagine(self, user_id: int, request: cmd.Imagine, origin: dict,
                       chat: str) -> NewJob:
@@ -107,10 +109,27 @@ class JobMaker:
             raise UserError(f"There is no image #{image_id}. /history lists yours.")
         return image
 
+    def _with_loras(self, params: Params) -> Params:
+        """Each --lora by its file's blob key, checked against the model's family where the
+        engine has told it (else the engine checks when it loads the file)."""
+        if not params.loras:
+            return params
+        model = params.checkpoint or self.models.default
+        seen = self.models.seen.get(model)
+        named = []
+        for name, weight, *_ in params.loras:
+            lora = self.loras.named(name)
+            if seen and not lora.fits(seen.family):
+                raise UserError(f"The LoRA {lora.name} is for {lora.family}; the model {model} "
+                                f"is {seen.family}. /loras lists them.")
+            named.append((lora.name, weight, self.loras.key_of(lora)))
+        return dataclasses.replace(params, loras=tuple(named))
+
     def _new(self, user_id: int, params: Params, *, source_image_id: int | None = None,
              origin: dict, uploads: tuple[tuple[str, bytes], ...] = ()) -> NewJob:
         self._check_blocked_words(params.prompt or "")
         self._check_checkpoint(params.checkpoint)
+        params = self._with_loras(params)
         if params.seed is None:
             params = dataclasses.replace(params, seed=secrets.randbelow(cmd.MAX_SEED + 1))
         return NewJob(user_id, params, source_image_id=source_image_id, origin=origin,

@@ -25,6 +25,7 @@ from bot.service.chats import Chats, chat_key
 from bot.service.delivery import Delivery
 from bot.service.dispatch import Dispatch
 from bot.service.jobs import JobMaker
+from bot.service.loras import LoraShelf
 from bot.service.models import ModelBoard
 from bot.service.privacy import Privacy
 from bot.service.types import OUR_FAULT, Attachment, Deliverer, Reply, User
@@ -53,7 +54,8 @@ class Service:
         self.dispatch = Dispatch(store, engines, self.admission, self.delivery, self.learning,
                                  self.models)
         self.chats = Chats(store, self.models, settings.styles)
-        self.jobs = JobMaker(settings, store, self.models, self.chats)
+        self.loras = LoraShelf(settings.engine.loras, blobs)
+        self.jobs = JobMaker(settings, store, self.models, self.chats, self.loras)
         self.sign_ins = SignIns(store)
         self.privacy = Privacy(store, blobs, settings.storage.images / "thumbs")
         self.web_running = False  # set by the web server (bot/web/) once it listens
@@ -179,6 +181,8 @@ class Service:
                 return await self._forget(user_id, request.confirm)
             case cmd.ShowStyles():
                 return Reply(self.chats.styles_text())
+            case cmd.ShowLoras():
+                return Reply(self.loras.text())
             case cmd.ChatSettings():
                 return Reply(await self.chats.handle(chat, request, self.is_admin(user)))
             case cmd.Retrain() | cmd.ModelCmd():

@@ -43,7 +43,8 @@ def blob_keys(message: protocol.ToEngine | protocol.FromEngine) -> list[str]:
     """The blobs a message names, which travel with it."""
     match message:
         case protocol.Job(params=params):
-            return [key for key in (params.image, params.mask) if key]
+            return [key for key in (params.image, params.mask) if key] + [
+                key for _, _, key in params.loras or () if key]
         case protocol.UseVersion(chain=chain):
             return [adapter.blob for adapter in chain]
         case protocol.Train(parents=parents, examples=examples):
