@@ -76,6 +76,12 @@ def test_commands_describe_every_command_in_one_line():
         "web",
         "styles",
         "settings",
+        "upscale",
+        "delete",
+        "optout",
+        "optin",
+        "forgetme",
+        "loras",
     }
     for name, description in COMMANDS.items():
         # Telegram's setMyCommands: lowercase names up to 32 chars, descriptions 3-256.
@@ -535,7 +541,7 @@ def test_unknown_option_lists_the_allowed_ones():
     message = error_of("/imagine fox --foo 3")
     assert message == (
         "Unknown option --foo for /imagine. Options: --no, --seed, --steps, --cfg, --ar, --n, "
-        "--model, --style."
+        "--model, --style, --lora."
     )
 
 
