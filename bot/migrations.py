@@ -230,8 +230,9 @@ WEB = """
     CREATE INDEX jobs_by_source ON jobs(source_image_id);
 """
 
-# Chats' defaults (/settings), users' say in training (/optout), and what each training run
-# used, image by image (a deleted image's row loses its pointer, the run keeps its count).
+# Chats' defaults (/settings), users' say in training (/optout), what each training run used,
+# image by image (a deleted image's row loses its pointer, the run keeps its count), and
+# which pictures the model's safety checker flagged (sent hidden where a chat allows it).
 CHATS_AND_CONSENT = """
     CREATE TABLE chat_settings (
         chat TEXT PRIMARY KEY,
@@ -246,6 +247,7 @@ CHATS_AND_CONSENT = """
         ratings INTEGER NOT NULL
     );
     CREATE INDEX training_run_images_by_image ON training_run_images(image_id);
+    ALTER TABLE images ADD COLUMN flagged INTEGER NOT NULL DEFAULT 0;
 """
 
 Migration = str | Callable[[aiosqlite.Connection, Blobs], Awaitable[None]]

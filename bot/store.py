@@ -79,6 +79,7 @@ class ImageRow:
     height: int
     version: str  # the LoRA version that drew it ("base": none)
     created_at: float
+    flagged: bool = False  # the model's safety checker flagged it (sent hidden)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class NewImage:
     seed: int
     width: int
     height: int
+    flagged: bool = False
 
 
 _JOB_SELECT = """
@@ -109,8 +111,10 @@ def _job(row: aiosqlite.Row) -> JobRow:
     return JobRow(**values)
 
 
-def _image(row: aiosqlite.Row) -> ImageRow:
-    return ImageRow(**dict(row))
+def image_row(row: aiosqlite.Row | dict) -> ImageRow:
+    values = dict(row)
+    values["flagged"] = bool(values.get("flagged"))
+    return ImageRow(**values)
 
 
 def _file_uri(path: Path) -> str:
@@ -300,9 +304,9 @@ class Store:
             for idx, image in enumerate(images):
                 await db.execute(
                     """INSERT INTO images (job_id, idx, blob, seed, width, height, version,
-                           created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                           created_at, flagged) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                     (job_id, idx, image.blob, image.seed, image.width, image.height, version,
-                     now),
+                     now, int(image.flagged)),
                 )
             await db.execute(
                 """UPDATE jobs SET status = 'done', finished_at = ?, engine_seconds = ?,
@@ -370,13 +374,13 @@ class Store:
     async def get_image(self, image_id: int) -> ImageRow | None:
         async with self._read.execute("SELECT * FROM images WHERE id = ?", (image_id,)) as cursor:
             row = await cursor.fetchone()
-        return _image(row) if row else None
+        return image_row(row) if row else None
 
     async def images_for_job(self, job_id: int) -> list[ImageRow]:
         async with self._read.execute(
             "SELECT * FROM images WHERE job_id = ? ORDER BY idx", (job_id,)
         ) as cursor:
-            return [_image(row) for row in await cursor.fetchall()]
+            return [image_row(row) for row in await cursor.fetchall()]
 
     async def history(self, user_id: int, limit: int = 10) -> list[tuple[ImageRow, str]]:
         """The user's most recent images, newest first, each with the prompt that made it."""
@@ -391,7 +395,7 @@ class Store:
         for row in rows:
             values = dict(row)
             prompt = values.pop("prompt")
-            result.append((ImageRow(**values), prompt))
+            result.append((image_row(values), prompt))
         return result
 
     async def rate(self, image_id: int, user_id: int, score: int) -> None:

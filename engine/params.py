@@ -39,6 +39,9 @@ class Params:
     mask: str | None = None  # blob key of the inpainting mask (white = repaint)
     # --lora NAME[:WEIGHT]: (name, weight, blob key of its file); the key is the bot's to fill
     loras: tuple[tuple[str, float, str], ...] | None = None
+    # A picture the model's safety checker flags: "refuse" (the default) or "spoiler" (kept,
+    # sent hidden): the chat's policy, set by the bot.
+    safety: str | None = None
     scale: int | None = None  # an upscale: the output is this many times the picture's size
     style: str | None = None  # --style: a template from the config ("none": no style)
     words: str | None = None  # the user's own words, where a style made `prompt` of them

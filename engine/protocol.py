@@ -164,6 +164,7 @@ class ImageBlob:
     seed: int
     width: int
     height: int
+    flagged: bool = False  # the model's safety checker flagged it; kept to be sent hidden
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -354,19 +356,19 @@ class Engine:
         for plan in plans:
             plan.engine_seconds += elapsed
         kept = []
-        for (plan, index), image in zip(batch, images, strict=True):
+        for (plan, index), (image, flagged) in zip(batch, images, strict=True):
             if plan.cancelled or plan.job_id not in self.plans:
                 continue
-            if image is None:
+            if flagged and plan.params.safety != "spoiler":
                 self.fail(plan, SAFETY_REFUSAL)
             else:
-                kept.append((plan, index, image))
-        keys = self.store_pngs([image for _, _, image in kept])
-        for (plan, index, image), key in zip(kept, keys, strict=True):
+                kept.append((plan, index, image, flagged))
+        keys = self.store_pngs([image for _, _, image, _ in kept])
+        for (plan, index, image, flagged), key in zip(kept, keys, strict=True):
             if plan.job_id not in self.plans:
                 continue  # another image of this job could not be written
             if isinstance(key, str):
-                self.record(plan, index, image, key)
+                self.record(plan, index, image, key, flagged)
                 continue
             log.error("could not write an image under %s: %s", self.blobs.root, key)
             self.fail(plan, "Your image was made but could not be saved (the bot's disk is "
@@ -434,8 +436,8 @@ class Engine:
         self.slots = deque(slot for slot in self.slots if slot[0] is not plan)
         self.send(protocol.Failed(plan.job_id, error, "failed"))
 
-    def generate(self, batch: list[Slot]) -> list[Image.Image | None]:
-        """The batch's images; None for one the model's own safety checker flagged."""
+    def generate(self, batch: list[Slot]) -> list[tuple[Image.Image, bool]]:
+        """The batch's images, each with whether the model's own safety checker flagged it."""
         plan = batch[0][0]
         pipes = self.pipes_of(plan.params.checkpoint)
         jobs = [p.params for p, _ in batch]
@@ -463,17 +465,27 @@ class Engine:
             elif accepts(pipe, "width"):  # FLUX's img2img sizes its output itself otherwise
                 arguments.update(width=plan.width, height=plan.height)
         adapters = self.model_adapters[plan.params.checkpoint]
-        with torch.inference_mode(), adapters.with_loras(plan.params.loras):
-            output = pipe(**arguments)
+        # The pipeline would black out what its safety checker flags; the checker runs here
+        # instead, so a chat that allows it can be sent the picture hidden as a spoiler.
+        checker = getattr(pipe, "safety_checker", None)
+        try:
+            if checker is not None:
+                pipe.safety_checker = None
+            with torch.inference_mode(), adapters.with_loras(plan.params.loras):
+                output = pipe(**arguments)
+        finally:
+            if checker is not None:
+                pipe.safety_checker = checker
         images = output.images
-        flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(images)
         if kind == "inpaint":
             # The VAE round trip shifts every pixel a little; outside the mask the user asked
             # for no change at all, so the original is pasted back there.
             images = [pipe.image_processor.apply_overlay(mask, source, image) for
                       mask, source, image in zip(arguments["mask_image"], arguments["image"],
                                                  images, strict=True)]
-        return [None if bad else image for image, bad in zip(images, flagged, strict=True)]
+        flagged = _flagged(pipe, checker, images) if checker is not None else [False] * len(
+            images)
+        return list(zip(images, flagged, strict=True))
 
     def step_callback(self, batch: list[Slot]) -> Callable:
         plans = _plans_of(batch)
@@ -507,10 +519,11 @@ class Engine:
         except OSError as error:
             return error
 
-    def record(self, plan: Plan, index: int, image: Image.Image, key: str) -> None:
+    def record(self, plan: Plan, index: int, image: Image.Image, key: str,
+               flagged: bool = False) -> None:
         params = plan.params
         plan.images[index] = protocol.ImageBlob(key, params.seed + index, image.width,
-                                                image.height)
+                                                image.height, flagged)
         if len(plan.images) == params.n:
             del self.plans[plan.job_id]
             images = tuple(plan.images[i] for i in range(params.n))
@@ -603,6 +616,20 @@ def can_offload(pipes: Pipelines) -> bool:
 def _plans_of(batch: list[Slot]) -> list[Plan]:
     """The jobs in a batch, each once, in order (a job of n images has n slots)."""
     return list({id(plan): plan for plan, _ in batch}.values())
+
+
+def _flagged(pipe: Any, checker: Any, images: list[Image.Image]) -> list[bool]:
+    """What the pipeline's own safety checker (SD 1.x and 2.x ship one) says of each image."""
+    extractor = getattr(pipe, "feature_extractor", None)
+    if extractor is None:
+        return [False] * len(images)
+    device = next(checker.parameters()).device
+    dtype = next(checker.parameters()).dtype
+    clip_input = extractor(images, return_tensors="pt").pixel_values.to(device, dtype)
+    arrays = np.stack([np.asarray(image, dtype=np.float32) / 255 for image in images])
+    with torch.inference_mode():
+        _, flags = checker(images=arrays, clip_input=clip_input)
+    return [bool(flag) for flag in flags]
 
 
 def _open_rgb(path: Path, size: tuple[int, int]) -> Image.Image:

@@ -352,6 +352,21 @@ async def test_forgetme_asks_with_a_button_only_its_asker_may_press(world: World
                     str(CAROL))[0][0] == 0
 
 
+async def test_a_picture_the_safety_checker_flagged_is_posted_as_a_spoiler(world: World):
+    result = await world.result(await world.fake.slash("imagine", ALICE, prompt="a red square",
+                                                       steps=FAST))
+    image_id = int(result.custom_ids[0].split(":")[2])
+    [image] = await world.store.images_for_job(
+        (await world.store.get_image(image_id)).job_id)
+    job = await world.store.get_job(image.job_id)
+    before = len(world.fake.channel_messages())
+    await world.adapter.delivery._to_channel(job, {"content": "again"},
+                                             world.adapter.delivery._pngs(
+                                                 [replace(image, flagged=True)]))
+    posted = world.fake.channel_messages()[before]
+    assert [f.filename for f in posted.files] == [f"SPOILER_canvas-{image_id}.png"]
+
+
 async def test_style_option_autocompletes_the_style_names(world: World):
     typed = await world.fake.autocomplete("imagine", ALICE, "style", "p")
     await world.fake.wait_for(lambda: typed.callback)

@@ -10,7 +10,7 @@ import io
 import re
 import sqlite3
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -461,6 +461,16 @@ async def test_an_opted_out_user_s_ratings_are_left_out_of_the_next_retrain(
     assert "again" in (await canvas.reply_to(back))["text"]
     undo = await canvas.say("/model use base", user=tg.ADMIN, chat=admin_chat)
     assert "Now using base" in (await canvas.reply_to(undo))["text"]
+
+
+async def test_a_picture_the_safety_checker_flagged_is_sent_as_a_spoiler(canvas: Canvas) -> None:
+    _, image_id = await picture(canvas)
+    [(job_id,)] = canvas.store_rows(f"SELECT job_id FROM images WHERE id = {image_id}")
+    job = await canvas.store.get_job(job_id)
+    [image] = await canvas.store.images_for_job(job_id)
+    await canvas.adapter.deliver_images(job, [replace(image, flagged=True)])
+    again = await canvas.fake.wait_for("sendPhoto", lambda c: c.params.get("has_spoiler"))
+    assert canvas.image_id(again) == image_id
 
 
 async def test_delete_replaces_the_photo_and_only_its_owner_may(canvas: Canvas) -> None:

@@ -156,7 +156,8 @@ class ConsoleAdapter:
                  "model_version": image.version,
                  **({"words": job.params.words, "style": job.params.style}
                     if job.params.words is not None else {}),
-                 **({"worker": job.worker} if job.worker else {})},
+                 **({"worker": job.worker} if job.worker else {}),
+                 **({"flagged": True} if image.flagged else {})},
                 f"image #{image.id} (job #{job.id}, seed {image.seed}, {image.width}×"
                 f"{image.height}, {image.version}): {path}",
             )

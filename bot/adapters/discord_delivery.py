@@ -197,7 +197,10 @@ class Delivery:
 
     def _pngs(self, images: list[ImageRow]) -> list[tuple[str, bytes]]:
         size = self.service.chat_image_size
-        return [(f"canvas-{image.id}.png", png_for_chat(self.service.image_file(image), size))
+        # SPOILER_: Discord hides the picture until clicked (one the safety checker flagged,
+        # in a chat that allows those).
+        return [(f"{'SPOILER_' if image.flagged else ''}canvas-{image.id}.png",
+                 png_for_chat(self.service.image_file(image), size))
                 for image in images]
 
 

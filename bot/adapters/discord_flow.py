@@ -54,6 +54,8 @@ def origin_of(interaction: discord.Interaction, message_id: int | None) -> dict[
         "message_id": str(message_id) if message_id else None,
         "channel_id": str(interaction.channel_id) if interaction.channel_id else None,
         "guild_id": str(interaction.guild_id) if interaction.guild_id else None,
+        # An age-restricted channel: pictures the safety checker flags come as spoilers.
+        "nsfw": bool(getattr(interaction.channel, "nsfw", False)),
         "user_id": str(interaction.user.id),
         "created_at": interaction.created_at.timestamp(),
     }

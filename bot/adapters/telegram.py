@@ -375,11 +375,13 @@ class TelegramAdapter:
         if len(images) == 1:
             sent = [await _retrying(lambda: self.bot.send_photo(
                 chat_id, InputFile(pngs[0], filename=f"canvas-{images[0].id}.png"),
-                caption=caption(job, images[0]), reply_markup=keyboard(images[0]), **where))]
+                caption=caption(job, images[0]), reply_markup=keyboard(images[0]),
+                has_spoiler=images[0].flagged, **where))]
         else:
             # Bytes, not InputFile: PTB then attaches each file by its own name.
             album = [InputMediaPhoto(png, caption=caption(job, image),
-                                     filename=f"canvas-{image.id}.png")
+                                     filename=f"canvas-{image.id}.png",
+                                     has_spoiler=image.flagged)
                      for image, png in zip(images, pngs, strict=True)]
             sent = list(await _retrying(lambda: self.bot.send_media_group(chat_id, album,
                                                                           **where)))

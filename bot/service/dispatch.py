@@ -90,7 +90,8 @@ class Dispatch:
                 if job:
                     self.delivery.progress(job, event.step, event.total)
             case protocol.Result():
-                images = [NewImage(i.blob, i.seed, i.width, i.height) for i in event.images]
+                images = [NewImage(i.blob, i.seed, i.width, i.height, i.flagged)
+                          for i in event.images]
                 saved = await self.store.save_result(event.job_id, images, event.engine_seconds,
                                                      event.version, event.worker)
                 if saved is None:

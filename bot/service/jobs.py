@@ -40,7 +40,7 @@ class JobMaker:
 
     async def imagine(self, user_id: int, request: cmd.Imagine, origin: dict,
                       chat: str) -> NewJob:
-        return self._new(user_id, await self._for_chat(request.params, chat), origin=origin)
+        return await self._new(user_id, await self._for_chat(request.params, chat), origin=origin)
 
     async def _for_chat(self, params: Params, chat: str) -> Params:
         """The user's parameters over the chat's defaults, with the style applied."""
@@ -54,7 +54,7 @@ class JobMaker:
             picture = await asyncio.to_thread(open_image, image.data, self._limits)
             upload = await asyncio.to_thread(_png, picture.convert("RGB"))
             params = dataclasses.replace(params, prompt=params.prompt or "", image=upload[0])
-            return self._new(user_id, params, origin=origin, uploads=(upload,))
+            return await self._new(user_id, params, origin=origin, uploads=(upload,))
         if request.image_id is None:
             raise UserError("Which image should I vary? Give its id (for example /vary 12) "
                             "or attach an image.")
@@ -63,7 +63,7 @@ class JobMaker:
         earlier = job.params
         params = params.resolve(Params(prompt=earlier.prompt, negative=earlier.negative,
                                        checkpoint=_ran_on(job)))
-        return self._new(user_id, dataclasses.replace(params, image=source.blob),
+        return await self._new(user_id, dataclasses.replace(params, image=source.blob),
                          source_image_id=source.id, origin=origin)
 
     async def inpaint(self, user_id: int, request: cmd.Inpaint, image: Attachment | None,
@@ -76,13 +76,13 @@ class JobMaker:
         params = await self._for_chat(request.params, chat)
         params = dataclasses.replace(params, aspect=None, image=uploads[0][0],
                                      mask=uploads[1][0])  # the picture's own shape
-        return self._new(user_id, params, origin=origin, uploads=uploads)
+        return await self._new(user_id, params, origin=origin, uploads=uploads)
 
     async def reroll(self, user_id: int, image_id: int, origin: dict) -> NewJob:
         """The job that made an image, again, with a new seed (the Reroll button)."""
         source = await self.image(image_id)
         job = await self.store.get_job(source.job_id)
-        return self._new(user_id, dataclasses.replace(job.params, seed=None,
+        return await self._new(user_id, dataclasses.replace(job.params, seed=None,
                                                        checkpoint=_ran_on(job)),
                          source_image_id=job.source_image_id, origin=origin)
 
@@ -101,7 +101,7 @@ class JobMaker:
                         seed=source.seed, steps=ran.steps, cfg=ran.cfg, n=1,
                         strength=UPSCALE_STRENGTH, checkpoint=ran.checkpoint, image=source.blob,
                         scale=request.scale)
-        return self._new(user_id, params, source_image_id=source.id, origin=origin)
+        return await self._new(user_id, params, source_image_id=source.id, origin=origin)
 
     async def image(self, image_id: int) -> ImageRow:
         image = await self.store.get_image(image_id)
@@ -125,11 +125,18 @@ class JobMaker:
             named.append((lora.name, weight, self.loras.key_of(lora)))
         return dataclasses.replace(params, loras=tuple(named))
 
-    def _new(self, user_id: int, params: Params, *, source_image_id: int | None = None,
-             origin: dict, uploads: tuple[tuple[str, bytes], ...] = ()) -> NewJob:
+    async def _new(self, user_id: int, params: Params, *, source_image_id: int | None = None,
+                   origin: dict, uploads: tuple[tuple[str, bytes], ...] = ()) -> NewJob:
         self._check_blocked_words(params.prompt or "")
         self._check_checkpoint(params.checkpoint)
         params = self._with_loras(params)
+        # What a flagged picture gets is the chat's to say (an age-restricted Discord channel
+        # counts as one that allows spoilers), wherever the job's parameters came from.
+        if origin.get("nsfw"):
+            params = dataclasses.replace(params, safety="spoiler")
+        else:
+            chat = await self.chats.defaults(origin.get("chat", ""))
+            params = dataclasses.replace(params, safety=chat.safety)
         if params.seed is None:
             params = dataclasses.replace(params, seed=secrets.randbelow(cmd.MAX_SEED + 1))
         return NewJob(user_id, params, source_image_id=source_image_id, origin=origin,

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiosqlite
 
 from bot.errors import UserError
-from bot.store import ImageRow, JobRow, Store
+from bot.store import ImageRow, JobRow, Store, image_row
 from engine.blobs import BlobMissing, LocalBlobs
 
 
@@ -67,7 +67,7 @@ class Privacy:
         async with self.store.reader.execute(
                 "SELECT images.* FROM images JOIN jobs ON jobs.id = images.job_id"
                 " WHERE jobs.user_id = ?", (user_id,)) as cursor:
-            images = [ImageRow(**dict(row)) for row in await cursor.fetchall()]
+            images = [image_row(row) for row in await cursor.fetchall()]
         async with self.store.transaction() as db:
             await self._drop_images(db, [image.id for image in images])
             await db.execute("DELETE FROM ratings WHERE user_id = ?", (user_id,))

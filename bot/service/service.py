@@ -141,6 +141,7 @@ class Service:
                         mask: Attachment | None, origin: dict[str, Any]) -> Reply:
         user_id = await self._user_id(user)
         chat = chat_key(user.platform, origin)
+        origin = {**origin, "chat": chat}
         match request:
             case cmd.Imagine():
                 return await self.admission.submit(
@@ -194,6 +195,7 @@ class Service:
 
     async def _reroll(self, user: User, image_id: int, origin: dict[str, Any]) -> Reply:
         user_id = await self._user_id(user)
+        origin = {**origin, "chat": chat_key(user.platform, origin)}
         return await self.admission.submit(await self.jobs.reroll(user_id, image_id, origin))
 
     async def _rate(self, user_id: int, image_id: int, score: int) -> Reply:
