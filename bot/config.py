@@ -524,15 +524,21 @@ class _Builder:
                                                            f"{key}.{entry}")
                                     for entry, body in _section(raw, key).items()}
             elif raw is not None:  # null (e.g. `token:` with nothing after it) keeps the default
-                values[name] = self.field_value(raw, kind, key, spec.metadata)
+                value = self.field_value(raw, kind, key, spec.metadata, hints[name])
+                if value is not None:
+                    values[name] = value
             elif spec.metadata.get("required"):
                 raise ConfigError(f"{key}: must be given")
             elif kind is Path and spec.default is not None:
                 values[name] = self.resolve(spec.default)
         return cls(**values)
 
-    def field_value(self, raw: Any, kind: Any, key: str, rules: Mapping[str, Any]) -> Any:
+    def field_value(self, raw: Any, kind: Any, key: str, rules: Mapping[str, Any],
+                    declared: Any = None) -> Any:
         value = _interpolate(raw, key, self.env)
+        if declared is not None and declared is not kind and isinstance(value, str) \
+                and not value.strip():
+            return None  # an optional setting left empty (`${VAR:-}`): not set
         collection = get_origin(kind)
         if collection not in (tuple, frozenset):
             return self.scalar(value, kind, key, rules)
