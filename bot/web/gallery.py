@@ -17,7 +17,10 @@ from typing import Any
 from bot.store import Reader
 
 PAGE_SIZE = 24
-KINDS = {"txt2img": "imagine", "img2img": "vary", "inpaint": "inpaint"}
+KINDS = {"txt2img": "imagine", "img2img": "vary", "inpaint": "inpaint", "upscale": "upscale"}
+# An upscale is an image-to-image job with a scale: shown, and filtered, as its own kind.
+_KIND = ("CASE WHEN json_extract(jobs.params, '$.scale') IS NOT NULL THEN 'upscale' "
+         "ELSE jobs.kind END")
 MAX_QUERY_CHARS = 200
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -97,8 +100,8 @@ def fts_query(text: str) -> str:
     return " ".join(f'"{word}"*' for word in words)
 
 
-_TILE = """
-    SELECT images.id, jobs.prompt, jobs.kind,
+_TILE = f"""
+    SELECT images.id, jobs.prompt, {_KIND} AS kind,
            COALESCE(json_extract(jobs.resolved, '$.checkpoint'), jobs.checkpoint, '') AS model,
            images.version, users.platform,
            COALESCE(users.name, users.platform_user_id) AS user_name,
@@ -121,7 +124,7 @@ async def tiles(db: Reader, scope: Scope, filters: Filters,
         params.append(match)
     elif filters.q:
         where.append("0")  # only punctuation: nothing matches
-    for column, value in (("users.platform", filters.platform), ("jobs.kind", filters.kind),
+    for column, value in (("users.platform", filters.platform), (_KIND, filters.kind),
                           ("images.version", filters.version)):
         if value:
             where.append(f"{column} = ?")

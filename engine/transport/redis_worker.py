@@ -27,6 +27,7 @@ from engine.transport import streams
 log = logging.getLogger(__name__)
 
 RETRY = 0.5  # seconds between tries while Redis is unreachable
+PROGRESS_INTERVAL = 0.25  # seconds between a job's progress events
 
 
 def worker_id(name: str) -> str:
@@ -54,6 +55,7 @@ class RedisLink:
         self.models: set[str] = set()
         self.busy = 0  # jobs held
         self.entries: dict[int, bytes] = {}  # job id -> its entry id (its lease)
+        self._progress_sent: dict[int, float] = {}  # job id -> when its progress last went
         self.stopping = threading.Event()
         self._finish = self.redis.register_script(streams.FINISH)
         self._renew = self.redis.register_script(streams.RENEW)
@@ -170,7 +172,22 @@ class RedisLink:
             return
         if isinstance(message, protocol.Order):
             return  # the bot orders this worker's jobs by what it hands out
+        if isinstance(message, protocol.Progress) and not self._progress_due(message):
+            return
         self._event({"m": protocol.encode(message)}, message)
+
+    def _progress_due(self, message: protocol.Progress) -> bool:
+        """A job's progress at most every PROGRESS_INTERVAL (and always its last step): chat
+        edits are throttled to seconds anyway, and each event costs the bot and Redis time
+        that two fast workers on one machine would rather spend drawing."""
+        now = time.monotonic()
+        last = self._progress_sent.get(message.job_id, 0.0)
+        if message.step < message.total and now - last < PROGRESS_INTERVAL:
+            return False
+        self._progress_sent[message.job_id] = now
+        if message.step >= message.total:
+            self._progress_sent.pop(message.job_id, None)
+        return True
 
     def _event(self, fields: dict, message: protocol.FromEngine | None = None) -> None:
         if message is not None:
