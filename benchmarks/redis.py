@@ -18,6 +18,7 @@ write), `canvas worker` processes of one thread each, and `canvas console --json
 
     python -m benchmarks.redis
     python -m benchmarks.redis --jobs 16 --rounds 10     # quicker
+    python -m benchmarks.redis --skip-probe              # parts 1 and 2
 """
 
 from __future__ import annotations
@@ -258,7 +259,7 @@ def probe(folder: Path, server: RedisServer, probes: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.redis")
-    parser.add_argument("--jobs", type=int, default=32)
+    parser.add_argument("--jobs", type=int, default=48)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--probes", type=int, default=200)
