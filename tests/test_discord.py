@@ -48,8 +48,8 @@ FAST = 3  # steps for jobs whose picture is not looked at
 MAX_IMAGE_BYTES = 200_000
 MAX_IMAGE_PIXELS = 1_000_000
 COMMAND_NAMES = ["imagine", "vary", "inpaint", "upscale", "rate", "cancel", "queue", "models",
-                 "styles", "settings", "history", "delete", "optout", "optin", "forgetme", "web",
-                 "help", "retrain", "model"]
+                 "loras", "styles", "settings", "history", "delete", "optout", "optin",
+                 "forgetme", "web", "help", "retrain", "model"]
 
 
 class World:
