@@ -1,6 +1,7 @@
 # Magic Canvas on an NVIDIA GPU:
 #   docker build -t magic-canvas .
-#   docker run --gpus all -e TELEGRAM_TOKEN -e DISCORD_TOKEN -v "$PWD/data:/app/data" magic-canvas
+#   docker run --gpus all -e TELEGRAM_TOKEN -e DISCORD_TOKEN -v "$PWD/data:/app/data" \
+#       -e CANVAS_WEB_LISTEN=0.0.0.0:8080 -p 127.0.0.1:8080:8080 magic-canvas   # + the gallery
 # PyTorch's CUDA wheels bring their own CUDA libraries; the image only needs the driver's
 # runtime, which the CUDA base image and the NVIDIA container toolkit provide.
 FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04
