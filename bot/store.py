@@ -261,6 +261,9 @@ class Store:
         async with self._read.execute(f"{_JOB_SELECT} WHERE {where}", params) as cursor:
             return [_job(row) for row in await cursor.fetchall()]
 
+    async def jobs_of(self, user_id: int) -> list[JobRow]:
+        return await self._jobs("jobs.user_id = ? ORDER BY jobs.id", (user_id,))
+
     async def active_jobs(self) -> list[JobRow]:
         """Queued and running jobs, oldest first: the work a restarted bot takes up again."""
         return await self._jobs("jobs.status IN ('queued', 'running') ORDER BY jobs.id")

@@ -99,8 +99,11 @@ class Adapters:
             return adapter
         path = self.blobs.path(key)
         with safe_open(str(path), "pt") as weights:
-            first = next(iter(weights.keys()), "")
-        prefix = first.split(".")[0] if first.startswith(("unet.", "transformer.")) else None
+            keys = list(weights.keys())
+        # diffusers' own files name the denoiser's part (a DreamBooth file has text_encoder.*
+        # too); a version /retrain made names nothing.
+        prefix = next((part for part in ("unet", "transformer")
+                       if any(key.startswith(f"{part}.") for key in keys)), None)
         try:
             self.denoiser.load_lora_adapter(str(path.parent), weight_name=path.name,
                                             adapter_name=adapter, prefix=prefix,

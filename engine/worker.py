@@ -483,8 +483,10 @@ class Engine:
             images = [pipe.image_processor.apply_overlay(mask, source, image) for
                       mask, source, image in zip(arguments["mask_image"], arguments["image"],
                                                  images, strict=True)]
-        flagged = _flagged(pipe, checker, images) if checker is not None else [False] * len(
-            images)
+        if checker is not None:
+            flagged = _flagged(pipe, checker, images)
+        else:  # a pipeline whose own checker goes by another name says so in its output
+            flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(images)
         return list(zip(images, flagged, strict=True))
 
     def step_callback(self, batch: list[Slot]) -> Callable:
@@ -623,7 +625,7 @@ def _flagged(pipe: Any, checker: Any, images: list[Image.Image]) -> list[bool]:
     extractor = getattr(pipe, "feature_extractor", None)
     if extractor is None:
         return [False] * len(images)
-    device = next(checker.parameters()).device
+    device = getattr(pipe, "_execution_device", None) or next(checker.parameters()).device
     dtype = next(checker.parameters()).dtype
     clip_input = extractor(images, return_tensors="pt").pixel_values.to(device, dtype)
     arrays = np.stack([np.asarray(image, dtype=np.float32) / 255 for image in images])

@@ -165,7 +165,7 @@ async def test_login_syncs_typed_commands_to_the_test_guild(world: World):
                                        "GET /api/v10/oauth2/applications/@me"]
     imagine = {o["name"]: o for o in world.fake.commands["imagine"]["options"]}
     assert list(imagine) == ["prompt", "negative", "seed", "steps", "cfg", "aspect", "n", "model",
-                             "style"]
+                             "style", "loras"]
     assert imagine["prompt"]["required"] and imagine["prompt"]["description"]
     assert imagine["steps"]["type"] == 4 and imagine["steps"]["max_value"] == cmd.MAX_STEPS
     assert imagine["cfg"]["type"] == 10
@@ -365,6 +365,7 @@ async def test_a_picture_the_safety_checker_flagged_is_posted_as_a_spoiler(world
                                                  [replace(image, flagged=True)]))
     posted = world.fake.channel_messages()[before]
     assert [f.filename for f in posted.files] == [f"SPOILER_canvas-{image_id}.png"]
+    del world.fake.messages[posted.id]  # later tests count the channel's pictures
 
 
 async def test_style_option_autocompletes_the_style_names(world: World):

@@ -118,14 +118,19 @@ class Delivery:
             log.exception("job %d: could not note where its pictures went", job.id)
 
     async def retract(self, job: JobRow, image: ImageRow) -> None:
-        """A deleted picture: its message says so. A message with that one picture loses
-        it; one with several keeps the others' files and says which went."""
+        """A deleted picture: its message says so and shows only the job's pictures that are
+        left (files sent again, with their embed and buttons), or none."""
         where = (job.origin.get("posted") or {}).get(str(image.id))
         if not where:
             return
-        alone = len(job.origin.get("posted") or {}) == 1
+        left = await self.service.store.images_for_job(job.id)
         edit: dict[str, Any] = {"content": f"Image #{image.id} was deleted."}
-        if alone:
+        if left:
+            pngs = await asyncio.to_thread(self._pngs, left)
+            edit.update(attachments=_files(pngs),
+                        embed=result_embed(job, left, [name for name, _ in pngs]),
+                        view=result_view([picture.id for picture in left]))
+        else:
             edit.update(attachments=[], embeds=[], view=None)
         try:
             if where["via"] == "followup" and self.token_alive(job.origin):
@@ -235,7 +240,7 @@ def result_embed(job: JobRow, images: list[ImageRow], names: list[str]) -> disco
     embed.add_field(name="Model", value=_short(images[0].version, 1024) if images else "?")
     if job.params.negative:
         embed.add_field(name="Negative", value=_short(job.params.negative, 1024), inline=False)
-    if len(names) == 1:
+    if len(names) == 1 and not images[0].flagged:  # an embed's picture is never blurred
         embed.set_image(url=f"attachment://{names[0]}")
     size = f"{images[0].width}×{images[0].height}" if images else ""
     embed.set_footer(text=f"job #{job.id} · {size} · {job.kind}")

@@ -43,6 +43,12 @@ def user_of(interaction: discord.Interaction) -> User:
     return User(PLATFORM, str(member.id), member.display_name)
 
 
+def _age_restricted(channel: Any) -> bool:
+    """A channel, or a thread in one, marked age-restricted (discord.py: is_nsfw())."""
+    is_nsfw = getattr(channel, "is_nsfw", None)
+    return bool(is_nsfw()) if callable(is_nsfw) else False
+
+
 def origin_of(interaction: discord.Interaction, message_id: int | None) -> dict[str, Any]:
     """Where to deliver a job's result, stored with the job. The token is a short-lived
     credential: it is kept in the database, never logged."""
@@ -55,7 +61,7 @@ def origin_of(interaction: discord.Interaction, message_id: int | None) -> dict[
         "channel_id": str(interaction.channel_id) if interaction.channel_id else None,
         "guild_id": str(interaction.guild_id) if interaction.guild_id else None,
         # An age-restricted channel: pictures the safety checker flags come as spoilers.
-        "nsfw": bool(getattr(interaction.channel, "nsfw", False)),
+        "nsfw": _age_restricted(interaction.channel),
         "user_id": str(interaction.user.id),
         "created_at": interaction.created_at.timestamp(),
     }

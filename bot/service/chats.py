@@ -7,6 +7,7 @@ user's own options, which always win, and the model's; a chat with none set beha
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -19,6 +20,7 @@ from bot.store import Store
 from engine.params import Params
 
 SAFETY = ("refuse", "spoiler")
+log = logging.getLogger(__name__)
 
 
 def chat_key(platform: str, origin: dict[str, Any]) -> str:
@@ -73,6 +75,14 @@ class Chats:
             values["aspect"] = tuple(values["aspect"])
         known = {name: value for name, value in values.items()
                  if name in ChatDefaults.__dataclass_fields__}
+        # A default whose model or style has left the config since: not a reason for every
+        # job in the chat to fail.
+        if known.get("checkpoint") not in (None, *self.models.catalogue):
+            log.warning("chat %s: its default model %r is no longer configured; ignored",
+                        chat, known.pop("checkpoint"))
+        if known.get("style") not in (None, *self.styles):
+            log.warning("chat %s: its default style %r is no longer configured; ignored",
+                        chat, known.pop("style"))
         return ChatDefaults(**known)
 
     async def handle(self, chat: str, request: cmd.ChatSettings, admin: bool) -> str:

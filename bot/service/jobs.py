@@ -40,7 +40,8 @@ class JobMaker:
 
     async def imagine(self, user_id: int, request: cmd.Imagine, origin: dict,
                       chat: str) -> NewJob:
-        return await self._new(user_id, await self._for_chat(request.params, chat), origin=origin)
+        params = await self._for_chat(request.params, chat)
+        return await self._new(chat, user_id, params, origin=origin)
 
     async def _for_chat(self, params: Params, chat: str) -> Params:
         """The user's parameters over the chat's defaults, with the style applied."""
@@ -48,13 +49,13 @@ class JobMaker:
         return self.chats.styled(params.resolve(defaults.params))
 
     async def vary(self, user_id: int, request: cmd.Vary, image: Attachment | None,
-                   origin: dict) -> NewJob:
+                   origin: dict, chat: str) -> NewJob:
         params = request.params
         if image is not None:
             picture = await asyncio.to_thread(open_image, image.data, self._limits)
             upload = await asyncio.to_thread(_png, picture.convert("RGB"))
             params = dataclasses.replace(params, prompt=params.prompt or "", image=upload[0])
-            return await self._new(user_id, params, origin=origin, uploads=(upload,))
+            return await self._new(chat, user_id, params, origin=origin, uploads=(upload,))
         if request.image_id is None:
             raise UserError("Which image should I vary? Give its id (for example /vary 12) "
                             "or attach an image.")
@@ -63,7 +64,7 @@ class JobMaker:
         earlier = job.params
         params = params.resolve(Params(prompt=earlier.prompt, negative=earlier.negative,
                                        checkpoint=_ran_on(job)))
-        return await self._new(user_id, dataclasses.replace(params, image=source.blob),
+        return await self._new(chat, user_id, dataclasses.replace(params, image=source.blob),
                          source_image_id=source.id, origin=origin)
 
     async def inpaint(self, user_id: int, request: cmd.Inpaint, image: Attachment | None,
@@ -76,17 +77,18 @@ class JobMaker:
         params = await self._for_chat(request.params, chat)
         params = dataclasses.replace(params, aspect=None, image=uploads[0][0],
                                      mask=uploads[1][0])  # the picture's own shape
-        return await self._new(user_id, params, origin=origin, uploads=uploads)
+        return await self._new(chat, user_id, params, origin=origin, uploads=uploads)
 
-    async def reroll(self, user_id: int, image_id: int, origin: dict) -> NewJob:
+    async def reroll(self, user_id: int, image_id: int, origin: dict, chat: str) -> NewJob:
         """The job that made an image, again, with a new seed (the Reroll button)."""
         source = await self.image(image_id)
         job = await self.store.get_job(source.job_id)
-        return await self._new(user_id, dataclasses.replace(job.params, seed=None,
+        return await self._new(chat, user_id, dataclasses.replace(job.params, seed=None,
                                                        checkpoint=_ran_on(job)),
                          source_image_id=job.source_image_id, origin=origin)
 
-    async def upscale(self, user_id: int, request: cmd.Upscale, origin: dict) -> NewJob:
+    async def upscale(self, user_id: int, request: cmd.Upscale, origin: dict,
+                      chat: str) -> NewJob:
         if request.image_id is None:
             raise UserError("Which picture should I upscale? Give its id, like /upscale 12.")
         source = await self.image(request.image_id)
@@ -100,8 +102,8 @@ class JobMaker:
         params = Params(kind="img2img", prompt=ran.prompt or "", negative=ran.negative,
                         seed=source.seed, steps=ran.steps, cfg=ran.cfg, n=1,
                         strength=UPSCALE_STRENGTH, checkpoint=ran.checkpoint, image=source.blob,
-                        scale=request.scale)
-        return await self._new(user_id, params, source_image_id=source.id, origin=origin)
+                        loras=ran.loras, scale=request.scale)
+        return await self._new(chat, user_id, params, source_image_id=source.id, origin=origin)
 
     async def image(self, image_id: int) -> ImageRow:
         image = await self.store.get_image(image_id)
@@ -109,7 +111,7 @@ class JobMaker:
             raise UserError(f"There is no image #{image_id}. /history lists yours.")
         return image
 
-    def _with_loras(self, params: Params) -> Params:
+    async def _with_loras(self, params: Params) -> Params:
         """Each --lora by its file's blob key, checked against the model's family where the
         engine has told it (else the engine checks when it loads the file)."""
         if not params.loras:
@@ -122,21 +124,23 @@ class JobMaker:
             if seen and not lora.fits(seen.family):
                 raise UserError(f"The LoRA {lora.name} is for {lora.family}; the model {model} "
                                 f"is {seen.family}. /loras lists them.")
-            named.append((lora.name, weight, self.loras.key_of(lora)))
+            # A first use reads and hashes the whole file: off the event loop.
+            named.append((lora.name, weight, await asyncio.to_thread(self.loras.key_of, lora)))
         return dataclasses.replace(params, loras=tuple(named))
 
-    async def _new(self, user_id: int, params: Params, *, source_image_id: int | None = None,
-                   origin: dict, uploads: tuple[tuple[str, bytes], ...] = ()) -> NewJob:
+    async def _new(self, chat: str, user_id: int, params: Params, *,
+                   source_image_id: int | None = None, origin: dict,
+                   uploads: tuple[tuple[str, bytes], ...] = ()) -> NewJob:
         self._check_blocked_words(params.prompt or "")
         self._check_checkpoint(params.checkpoint)
-        params = self._with_loras(params)
+        params = await self._with_loras(params)
         # What a flagged picture gets is the chat's to say (an age-restricted Discord channel
         # counts as one that allows spoilers), wherever the job's parameters came from.
         if origin.get("nsfw"):
             params = dataclasses.replace(params, safety="spoiler")
         else:
-            chat = await self.chats.defaults(origin.get("chat", ""))
-            params = dataclasses.replace(params, safety=chat.safety)
+            defaults = await self.chats.defaults(chat)
+            params = dataclasses.replace(params, safety=defaults.safety)
         if params.seed is None:
             params = dataclasses.replace(params, seed=secrets.randbelow(cmd.MAX_SEED + 1))
         return NewJob(user_id, params, source_image_id=source_image_id, origin=origin,

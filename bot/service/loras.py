@@ -66,6 +66,7 @@ class LoraShelf:
         self.folder = folder
         self.blobs = blobs
         self._keys: dict[tuple[Path, float], str] = {}  # a file, by its mtime: its blob key
+        self._kinds: dict[tuple[Path, float], str] = {}  # the same: what its header says
 
     def all(self) -> list[Lora]:
         if self.folder is None or not self.folder.is_dir():
@@ -73,7 +74,10 @@ class LoraShelf:
         found = []
         for path in sorted(self.folder.glob("*.safetensors")):
             try:
-                found.append(Lora(path.stem, path, kind_of(path)))
+                stamp = (path, path.stat().st_mtime)
+                if stamp not in self._kinds:
+                    self._kinds[stamp] = kind_of(path)
+                found.append(Lora(path.stem, path, self._kinds[stamp]))
             except (OSError, ValueError, struct.error):
                 continue  # not a LoRA file: not offered
         return found

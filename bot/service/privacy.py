@@ -37,6 +37,7 @@ class Privacy:
         job = await self.store.get_job(image.job_id) if image else None
         if image is None or job is None or (job.user_id != user_id and not admin):
             raise UserError(f"You have no image #{image_id}. /history lists yours.")
+        uploads: list[str] = []
         async with self.store.transaction() as db:
             await self._drop_images(db, [image_id])
             async with db.execute("SELECT COUNT(*) FROM images WHERE job_id = ?",
@@ -44,7 +45,8 @@ class Privacy:
                 (left,) = await cursor.fetchone()
             if not left:
                 await db.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
-        await self._drop_files([image])
+                uploads = _uploads_of([job])
+        await self._drop_files([image.blob for image in [image]] + uploads)
         return Deleted(image, job)
 
     async def set_training(self, user_id: int, allowed: bool) -> None:
@@ -68,16 +70,27 @@ class Privacy:
                 "SELECT images.* FROM images JOIN jobs ON jobs.id = images.job_id"
                 " WHERE jobs.user_id = ?", (user_id,)) as cursor:
             images = [image_row(row) for row in await cursor.fetchall()]
+        async with self.store.reader.execute(
+                "SELECT platform, platform_user_id FROM users WHERE id = ?",
+                (user_id,)) as cursor:
+            platform, platform_user_id = await cursor.fetchone()
+        jobs = [job for job in await self.store.jobs_of(user_id)]
         async with self.store.transaction() as db:
             await self._drop_images(db, [image.id for image in images])
             await db.execute("DELETE FROM ratings WHERE user_id = ?", (user_id,))
             await db.execute("DELETE FROM jobs WHERE user_id = ?", (user_id,))
             await db.execute("DELETE FROM web_sessions WHERE user_id = ?", (user_id,))
             await db.execute("DELETE FROM web_links WHERE user_id = ?", (user_id,))
+            # Where their training runs' news went, and their private chat's settings (a
+            # Telegram private chat's id is the user's): both name them.
+            await db.execute("UPDATE training_runs SET origin = '{}' WHERE user_id = ?",
+                             (user_id,))
+            await db.execute("DELETE FROM chat_settings WHERE chat = ?",
+                             (f"{platform}:{platform_user_id}",))
             await db.execute(
                 "UPDATE users SET platform_user_id = ?, name = NULL, trains = 0 WHERE id = ?",
                 (f"forgotten-{secrets.token_hex(8)}", user_id))
-        await self._drop_files(images)
+        await self._drop_files([image.blob for image in images] + _uploads_of(jobs))
         return len(images)
 
     async def _drop_images(self, db: aiosqlite.Connection, image_ids: list[int]) -> None:
@@ -89,15 +102,27 @@ class Privacy:
             await db.execute("DELETE FROM ratings WHERE image_id = ?", (image_id,))
             await db.execute("DELETE FROM images WHERE id = ?", (image_id,))
 
-    async def _drop_files(self, images: list[ImageRow]) -> None:
-        """The PNGs and thumbnails no picture left in the store uses (a blob is its content:
-        two pictures may share one)."""
-        for image in images:
+    async def _drop_files(self, blobs: list[str]) -> None:
+        """The files (pictures, their thumbnails, pictures users sent) that no picture left
+        uses (a blob is its content: two rows may share one) and no waiting job needs. A
+        finished job made from a deleted picture keeps its record but not that file."""
+        for blob in dict.fromkeys(blobs):
+            if not blob:
+                continue
             async with self.store.reader.execute(
-                    "SELECT 1 FROM images WHERE blob = ? LIMIT 1", (image.blob,)) as cursor:
+                    "SELECT 1 FROM images WHERE blob = ? UNION ALL SELECT 1 FROM jobs WHERE"
+                    " status IN ('queued', 'running') AND instr(params, ?) LIMIT 1",
+                    (blob, blob)) as cursor:
                 if await cursor.fetchone() is not None:
                     continue
             with contextlib.suppress(BlobMissing, OSError):
-                (self.thumbs / f"{self.blobs.path(image.blob).stem}.webp").unlink(
-                    missing_ok=True)
-                self.blobs.path(image.blob).unlink(missing_ok=True)
+                path = self.blobs.path(blob)
+                (self.thumbs / f"{path.stem}.webp").unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+
+
+def _uploads_of(jobs: list[JobRow]) -> list[str]:
+    """The pictures and masks users attached to these jobs (not one of the bot's own, which
+    a /vary or an upscale names by its source image)."""
+    return [key for job in jobs if job.source_image_id is None
+            for key in (job.params.image, job.params.mask) if key]

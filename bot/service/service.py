@@ -141,20 +141,19 @@ class Service:
                         mask: Attachment | None, origin: dict[str, Any]) -> Reply:
         user_id = await self._user_id(user)
         chat = chat_key(user.platform, origin)
-        origin = {**origin, "chat": chat}
         match request:
             case cmd.Imagine():
                 return await self.admission.submit(
                     await self.jobs.imagine(user_id, request, origin, chat))
             case cmd.Vary():
                 return await self.admission.submit(
-                    await self.jobs.vary(user_id, request, image, origin))
+                    await self.jobs.vary(user_id, request, image, origin, chat))
             case cmd.Inpaint():
                 return await self.admission.submit(
                     await self.jobs.inpaint(user_id, request, image, mask, origin, chat))
             case cmd.Upscale():
                 return await self.admission.submit(
-                    await self.jobs.upscale(user_id, request, origin))
+                    await self.jobs.upscale(user_id, request, origin, chat))
             case cmd.Rate():
                 return await self._rate(user_id, request.image_id, request.score)
             case cmd.Cancel():
@@ -195,8 +194,9 @@ class Service:
 
     async def _reroll(self, user: User, image_id: int, origin: dict[str, Any]) -> Reply:
         user_id = await self._user_id(user)
-        origin = {**origin, "chat": chat_key(user.platform, origin)}
-        return await self.admission.submit(await self.jobs.reroll(user_id, image_id, origin))
+        chat = chat_key(user.platform, origin)
+        return await self.admission.submit(await self.jobs.reroll(user_id, image_id, origin,
+                                                                  chat))
 
     async def _rate(self, user_id: int, image_id: int, score: int) -> Reply:
         if not 1 <= score <= 5:

@@ -168,6 +168,7 @@ class RedisLink:
         if isinstance(message, protocol.ModelLoaded):
             self.models = (self.models | {message.name}) - set(message.evicted)
         if isinstance(message, protocol.Result | protocol.Failed):
+            self._progress_sent.pop(message.job_id, None)
             self._finish_job(message)
             return
         if isinstance(message, protocol.Order):
