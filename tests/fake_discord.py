@@ -385,16 +385,8 @@ class FakeDiscord:
         message = self._webhook_message(interaction, request.match_info["message"])
         if message is None:
             return _error(404, 10008, "Unknown Message")
-        body, files = await _read_body(request)
-        message.edits.append({**body, "at": time.monotonic()})
+        _edited(message, *await _read_body(request))
         message.flags &= ~LOADING
-        if "content" in body:
-            message.content = body["content"] or ""
-        for key in ("embeds", "components"):
-            if key in body:
-                setattr(message, key, body[key] or [])
-        if files or "attachments" in body:
-            message.files = files
         return _json(message.payload())
 
     async def _edit_in_channel(self, request: web.Request) -> web.Response:
@@ -403,15 +395,7 @@ class FakeDiscord:
         message = self.messages.get(int(request.match_info["message"]))
         if message is None or message.channel_id != int(request.match_info["channel"]):
             return _error(404, 10008, "Unknown Message")
-        body, files = await _read_body(request)
-        message.edits.append({**body, "at": time.monotonic()})
-        if "content" in body:
-            message.content = body["content"] or ""
-        for key in ("embeds", "components"):
-            if key in body:
-                setattr(message, key, body[key] or [])
-        if files or "attachments" in body:
-            message.files = files
+        _edited(message, *await _read_body(request))
         return _json(message.payload())
 
     async def _delete(self, request: web.Request) -> web.Response:
@@ -485,3 +469,15 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def _error(status: int, code: int, message: str) -> web.Response:
     return _json({"code": code, "message": message}, status=status)
+
+
+def _edited(message: Message, body: dict[str, Any], files: list) -> None:
+    """An edit, as Discord applies it: what the body names changes (no attachments: none)."""
+    message.edits.append({**body, "at": time.monotonic()})
+    if "content" in body:
+        message.content = body["content"] or ""
+    for key in ("embeds", "components"):
+        if key in body:
+            setattr(message, key, body[key] or [])
+    if files or "attachments" in body:
+        message.files = files

@@ -316,9 +316,8 @@ class Loras(Kind):
 
 
 @dataclass(frozen=True)
-class Word(Kind):
-    """One word from `values` (any case), given as an option's value; anything else is refused
-    by name."""
+class _Words(Kind):
+    """One word from `values`, any case."""
 
     values: tuple[str, ...]
 
@@ -329,6 +328,11 @@ class Word(Kind):
     @property
     def choices(self) -> tuple[str, ...]:
         return self.values
+
+
+@dataclass(frozen=True)
+class Word(_Words):
+    """One word from `values`, given as an option's value; anything else is refused by name."""
 
     def text(self, value: str, label: str, like: str, limit: int) -> str:
         if value.lower() in self.values:
@@ -338,19 +342,9 @@ class Word(Kind):
 
 
 @dataclass(frozen=True)
-class OneOf(Kind):
-    """One word from `values` (any case), `values[0]` when not given. Anything else does not fit
-    the command's form, so its usage message answers."""
-
-    values: tuple[str, ...]
-
-    @property
-    def hint(self) -> str:
-        return "|".join(self.values)
-
-    @property
-    def choices(self) -> tuple[str, ...]:
-        return self.values
+class OneOf(_Words):
+    """One word from `values`, `values[0]` when not given. Anything else does not fit the
+    command's form, so its usage message answers."""
 
     def text(self, value: str, label: str, like: str, limit: int) -> str:
         if value.lower() not in self.values:
