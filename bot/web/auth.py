@@ -13,8 +13,12 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bot.store import Store
+
+if TYPE_CHECKING:
+    from bot.service.types import User
 
 LINK_SECONDS = 10 * 60
 TOKEN = re.compile(r"[A-Za-z0-9_-]{20,64}")  # the form secrets.token_urlsafe(32) takes
@@ -40,6 +44,13 @@ class Viewer:
     csrf: str  # this session's token for forms
 
     @property
+    def user(self) -> User:
+        """The signed-in viewer as the service knows users."""
+        from bot.service.types import User  # the service imports this module
+
+        return User(self.platform, self.platform_user_id, self.name)
+
+    @property
     def shown_name(self) -> str:
         return self.name or f"{self.platform} user {self.platform_user_id}"
 
@@ -61,6 +72,7 @@ class SignIns:
 
     async def check_link(self, token: str) -> None:
         """Raises LinkRefused if the link is unknown, used or expired."""
+        _well_formed(token)
         async with self.store.reader.execute(
                 "SELECT expires_at, used_at FROM web_links WHERE token_hash = ?",
                 (_hash(token),)) as cursor:
@@ -69,6 +81,7 @@ class SignIns:
 
     async def redeem(self, token: str) -> str:
         """Use the link up and start a session; its token (for the cookie) is returned."""
+        _well_formed(token)
         session = secrets.token_urlsafe(32)
         now = time.time()
         async with self.store.transaction() as db:
@@ -88,7 +101,9 @@ class SignIns:
         return session
 
     async def viewer(self, session: str) -> Viewer | None:
-        """Who the session's cookie belongs to; None if it is unknown or over."""
+        """Who the session's cookie belongs to; None if it is unknown, over or malformed."""
+        if not TOKEN.fullmatch(session):
+            return None
         async with self.store.reader.execute(
                 """SELECT users.id, users.platform, users.platform_user_id, users.name,
                           web_sessions.csrf
@@ -103,10 +118,17 @@ class SignIns:
             await db.execute("DELETE FROM web_sessions WHERE token_hash = ?", (_hash(session),))
 
 
+NOT_MINE = "This sign-in link is not one of mine. Send /web to the bot for a new one."
+
+
+def _well_formed(token: str) -> None:
+    if not TOKEN.fullmatch(token):  # before it is hashed: odd bytes cannot be encoded
+        raise LinkRefused(NOT_MINE)
+
+
 def _check(row: tuple | None) -> None:
     if row is None:
-        raise LinkRefused("This sign-in link is not one of mine. Send /web to the bot for a "
-                          "new one.")
+        raise LinkRefused(NOT_MINE)
     if row[1] is not None:
         raise LinkRefused("This sign-in link has been used already: each link works once. "
                           "Send /web to the bot for a new one.")
