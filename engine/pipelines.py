@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from diffusers import (
 )
 
 from engine.families import RANDOM_MODELS, Family, ModelSettings, build_random, family_of
-from engine.memory_modes import MemoryModeError, apply_offload, check_offload, quantization
+from engine.memory_modes import apply_offload, check_offload, quantization
 from engine.params import Params
 from engine.shapes import MODEL_DIR as SHAPES_DIR
 from engine.shapes import SD3_MODEL_DIR as SHAPES_SD3_DIR
@@ -152,10 +153,9 @@ def load(spec: str, device_setting: str = "auto", dtype_setting: str = "auto",
              "" if offload == "none" else f", offload {offload}")
     quantized = quantization(quantize, pipeline_class(config or spec), device, dtype)
     extra = {"quantization_config": quantized} if quantized else {}
-    if spec in RANDOM_MODELS:
-        if quantized:
-            raise MemoryModeError("random: models are built, not loaded: they cannot be "
-                                  "quantized (load a saved copy instead)")
+    if spec in RANDOM_MODELS and quantized:
+        text2img = _random_quantized(spec, dtype, extra)
+    elif spec in RANDOM_MODELS:
         text2img = build_random(spec, device, dtype)
     elif Path(source).is_file():
         text2img = _single_file(Path(source), config, dtype, extra)
@@ -201,6 +201,17 @@ def _single_file(path: Path, config: str, dtype: torch.dtype, extra: dict) -> Di
     name = pipeline_class(config) if config else "StableDiffusionPipeline"
     cls = getattr(diffusers, name or "StableDiffusionPipeline")
     return cls.from_single_file(str(path), config=config or None, torch_dtype=dtype, **extra)
+
+
+def _random_quantized(spec: str, dtype: torch.dtype, extra: dict) -> DiffusionPipeline:
+    """diffusers quantizes while it loads, so a random model is built in CPU RAM, saved to a
+    scratch folder and loaded back from there (a full-size FLUX.1 in bf16 needs 24 GB of RAM
+    and of disk for a moment)."""
+    built = build_random(spec, "cpu", dtype)
+    with tempfile.TemporaryDirectory(prefix="canvas-random-") as folder:
+        built.save_pretrained(folder)
+        del built
+        return AutoPipelineForText2Image.from_pretrained(folder, dtype=dtype, **extra)
 
 
 def _derived(auto: type, text2img: DiffusionPipeline) -> DiffusionPipeline | None:

@@ -40,3 +40,24 @@ def test_every_full_random_model_has_the_published_size(spec):
     assert family.name == spec.removeprefix("random:").removesuffix("-schnell")
     count = sum(p.numel() for p in family.denoiser.parameters())
     assert round(count / 1e6, 1) == PUBLISHED_DENOISERS[spec]
+
+
+def test_a_random_model_can_be_quantized_and_is_the_same_model_in_int8():
+    """Quantized while it loads (diffusers' way), so a GPU can measure random:flux in 8-bit
+    and 4-bit: here torchao's int8 weights, which run on the CPU."""
+    plain = build_random("random:flux-tiny")
+    pipes = load("random:flux-tiny", "cpu", quantize="int8-weights")
+    quantized = dict(pipes.text2img.transformer.named_modules())
+    linears = {name: module for name, module in plain.transformer.named_modules()
+               if isinstance(module, torch.nn.Linear)}
+    assert linears
+    for name, module in linears.items():
+        weight = quantized[name].weight
+        assert type(weight).__name__ == "Int8Tensor", name
+        scale = module.weight.abs().amax()
+        assert (weight.dequantize() - module.weight).abs().amax() <= scale / 100, name
+    assert torch.equal(pipes.text2img.vae.decoder.conv_in.weight, plain.vae.decoder.conv_in.weight)
+    width, height = fit_size((1, 1), pipes.settings)
+    image = pipes.text2img("a red circle", num_inference_steps=1, width=width, height=height,
+                           generator=torch.Generator("cpu").manual_seed(0)).images[0]
+    assert image.size == (width, height)
