@@ -43,7 +43,7 @@ def measure(source: str, device: str, quantize: str, offload: str, size: int, st
         one(seed)
     seconds = (time.perf_counter() - began) / images
     peak = peak_bytes(pipes.device) / 1e9
-    del pipes
+    del one, pipes
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
