@@ -327,13 +327,13 @@ class Store:
                 ("cancelled" if cancelled else "failed", error, time.time(), job_id),
             )
 
-    async def note_posted(self, job_id: int, messages: dict[int, Any]) -> None:
-        """Where each of a job's pictures was posted (by image id), for a later /delete to
-        edit: kept in the job's origin as `posted`."""
+    async def note_posted(self, job_id: int, messages: dict[int | str, Any]) -> None:
+        """Where each of a job's pictures was posted (by image id, and whatever else the
+        platform needs), for a later /delete to edit: kept in the job's origin as `posted`."""
         async with self.transaction() as db:
             await db.execute(
                 "UPDATE jobs SET origin = json_set(origin, '$.posted', json(?)) WHERE id = ?",
-                (json.dumps({str(image_id): where for image_id, where in messages.items()}),
+                (json.dumps({str(key): where for key, where in messages.items()}),
                  job_id))
 
     async def mark_delivered(self, job_id: int) -> None:

@@ -490,6 +490,33 @@ async def test_delete_replaces_the_photo_and_only_its_owner_may(canvas: Canvas) 
     assert f"image #{image_id} " not in (await canvas.reply_to(history))["text"]
 
 
+async def test_deleting_a_picture_of_an_album_takes_its_buttons_off_the_albums_keyboard(
+        canvas: Canvas) -> None:
+    sent = await canvas.say(f"/imagine a green square --n 2 {FAST}")
+    await canvas.fake.wait_for("sendMediaGroup", lambda c: tg.replied_to(c) == sent["message_id"]
+                               and c.result)
+    keys = await canvas.fake.wait_for("sendMessage", lambda c: "reply_markup" in c.params
+                                      and tg.replied_to(c) == sent["message_id"])
+    rows = keys["reply_markup"]["inline_keyboard"]
+    first, second = (int(row[0]["callback_data"].split(":")[1]) for row in rows[:2])
+    shown = canvas.fake.messages[(keys.result["chat"]["id"], keys.result["message_id"])]
+
+    def buttons() -> list[str]:
+        return [button["callback_data"] for row in shown["reply_markup"]["inline_keyboard"]
+                for button in row]
+
+    await canvas.reply_to(await canvas.say(f"/delete {first}"))
+    await canvas.fake.wait_for("editMessageText", lambda c: int(c.params["message_id"])
+                               == keys.result["message_id"])
+    assert shown["text"] == f"Images #{second}: vary or rate each one."
+    assert buttons() and all(data.split(":")[1] == str(second) for data in buttons())
+
+    await canvas.reply_to(await canvas.say(f"/delete {second}"))
+    await canvas.fake.wait_for("editMessageText", lambda c: int(c.params["message_id"])
+                               == keys.result["message_id"] and "deleted" in c.params["text"])
+    assert shown["text"] == "These images were deleted." and not shown.get("reply_markup")
+
+
 async def test_forgetme_asks_with_a_button_that_only_its_asker_may_press(
         canvas: Canvas) -> None:
     bob_chat = {**tg.PRIVATE, "id": tg.BOB["id"]}

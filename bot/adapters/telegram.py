@@ -74,6 +74,7 @@ TELEGRAM_NOTE = (
     "transparency sent as a file. Pictures sent as photos are recompressed by Telegram; "
     "send them as files to keep every pixel.")
 DELIVERY_TRIES = 3
+ALBUM_KEYS = "keys"  # in a job's `posted`: the message holding an album's buttons
 UPDATES = ["message", "callback_query"]  # the update types the adapter handles
 
 
@@ -385,14 +386,14 @@ class TelegramAdapter:
                      for image, png in zip(images, pngs, strict=True)]
             sent = list(await _retrying(lambda: self.bot.send_media_group(chat_id, album,
                                                                           **where)))
-            ids = ", ".join(f"#{image.id}" for image in images)
-            await _retrying(lambda: self.bot.send_message(
-                chat_id, f"Images {ids}: vary or rate each one.",
-                reply_markup=album_keyboard(images), **where))
+            keys = await _retrying(lambda: self.bot.send_message(
+                chat_id, _album_text(images), reply_markup=album_keyboard(images), **where))
+        posted: dict[int | str, int] = {
+            image.id: message.message_id for image, message in zip(images, sent, strict=False)}
+        if len(images) > 1:
+            posted[ALBUM_KEYS] = keys.message_id
         try:
-            await self.service.store.note_posted(job.id, {
-                image.id: message.message_id for image, message in zip(images, sent,
-                                                                        strict=False)})
+            await self.service.store.note_posted(job.id, posted)
         except Exception:  # the pictures are out: a lost note only means /delete can't edit
             log.exception("job %d: could not note where its pictures went", job.id)
         await self._drop_status(job)
@@ -409,6 +410,22 @@ class TelegramAdapter:
             await self.bot.edit_message_media(notice, chat_id, message_id, reply_markup=None)
         except TelegramError as error:  # too old to edit, or already gone
             log.info("image %d: its message was not edited (%s)", image.id, error)
+        keys_id = (job.origin.get("posted") or {}).get(ALBUM_KEYS)
+        if keys_id is not None:
+            await self._rekey_album(job, chat_id, keys_id)
+
+    async def _rekey_album(self, job: JobRow, chat_id: int, message_id: int) -> None:
+        """An album's keyboard, without the buttons of its deleted pictures."""
+        left = await self.service.store.images_for_job(job.id)
+        try:
+            if left:
+                await self.bot.edit_message_text(_album_text(left), chat_id, message_id,
+                                                 reply_markup=album_keyboard(left))
+            else:
+                await self.bot.edit_message_text("These images were deleted.", chat_id,
+                                                 message_id, reply_markup=None)
+        except TelegramError as error:
+            log.info("job %d: its album's buttons were not edited (%s)", job.id, error)
 
     async def deliver_failure(self, job: JobRow, message: str) -> None:
         await self.status.finish(job.id)
@@ -488,6 +505,10 @@ class TelegramAdapter:
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         log.error("telegram: error while handling an update: %s", context.error,
                   exc_info=context.error)
+
+
+def _album_text(images: list[ImageRow]) -> str:
+    return f"Images {', '.join(f'#{image.id}' for image in images)}: vary or rate each one."
 
 
 def _on_keyboard(message: Message, data: object) -> bool:
