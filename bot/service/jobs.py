@@ -15,7 +15,7 @@ from bot import commands as cmd
 from bot.config import Settings
 from bot.errors import UserError
 from bot.images import ImageLimits, open_image, split_image_and_mask
-from bot.service.chats import Chats
+from bot.service.chats import ChatDefaults, Chats
 from bot.service.loras import LoraShelf
 from bot.service.models import ModelBoard
 from bot.service.types import Attachment
@@ -40,12 +40,12 @@ class JobMaker:
 
     async def imagine(self, user_id: int, request: cmd.Imagine, origin: dict,
                       chat: str) -> NewJob:
-        params = await self._for_chat(request.params, chat)
-        return await self._new(chat, user_id, params, origin=origin)
-
-    async def _for_chat(self, params: Params, chat: str) -> Params:
-        """The user's parameters over the chat's defaults, with the style applied."""
         defaults = await self.chats.defaults(chat)
+        params = self._for_chat(request.params, defaults)
+        return await self._new(chat, user_id, params, origin=origin, defaults=defaults)
+
+    def _for_chat(self, params: Params, defaults: ChatDefaults) -> Params:
+        """The user's parameters over the chat's defaults, with the style applied."""
         return self.chats.styled(params.resolve(defaults.params))
 
     async def vary(self, user_id: int, request: cmd.Vary, image: Attachment | None,
@@ -74,10 +74,11 @@ class JobMaker:
                             "mask = repaint), or one PNG whose transparent part is to be "
                             "repainted.")
         uploads = await asyncio.to_thread(self._inpaint_inputs, image, mask)
-        params = await self._for_chat(request.params, chat)
-        params = dataclasses.replace(params, aspect=None, image=uploads[0][0],
-                                     mask=uploads[1][0])  # the picture's own shape
-        return await self._new(chat, user_id, params, origin=origin, uploads=uploads)
+        defaults = await self.chats.defaults(chat)
+        params = dataclasses.replace(self._for_chat(request.params, defaults), aspect=None,
+                                     image=uploads[0][0], mask=uploads[1][0])  # its own shape
+        return await self._new(chat, user_id, params, origin=origin, uploads=uploads,
+                               defaults=defaults)
 
     async def reroll(self, user_id: int, image_id: int, origin: dict, chat: str) -> NewJob:
         """The job that made an image, again, with a new seed (the Reroll button)."""
@@ -130,7 +131,8 @@ class JobMaker:
 
     async def _new(self, chat: str, user_id: int, params: Params, *,
                    source_image_id: int | None = None, origin: dict,
-                   uploads: tuple[tuple[str, bytes], ...] = ()) -> NewJob:
+                   uploads: tuple[tuple[str, bytes], ...] = (),
+                   defaults: ChatDefaults | None = None) -> NewJob:
         self._check_blocked_words(params.prompt or "")
         self._check_checkpoint(params.checkpoint)
         params = await self._with_loras(params)
@@ -139,7 +141,7 @@ class JobMaker:
         if origin.get("nsfw"):
             params = dataclasses.replace(params, safety="spoiler")
         else:
-            defaults = await self.chats.defaults(chat)
+            defaults = defaults or await self.chats.defaults(chat)
             params = dataclasses.replace(params, safety=defaults.safety)
         if params.seed is None:
             params = dataclasses.replace(params, seed=secrets.randbelow(cmd.MAX_SEED + 1))
