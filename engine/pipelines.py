@@ -21,7 +21,7 @@ from diffusers import (
 )
 
 from engine.families import RANDOM_MODELS, Family, ModelSettings, build_random, family_of
-from engine.memory_modes import apply_offload, check_offload, quantization
+from engine.memory_modes import MemoryModeError, apply_offload, check_offload, quantization
 from engine.params import Params
 from engine.shapes import MODEL_DIR as SHAPES_DIR
 from engine.shapes import SD3_MODEL_DIR as SHAPES_SD3_DIR
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 BUNDLED = {"bundled:shapes": SHAPES_DIR, "bundled:shapes-sd3": SHAPES_SD3_DIR}
 SETTINGS_FILE = "canvas.json"  # optional per-model settings inside a model folder
+# A tokenizer folder holds one of these (CLIP's BPE, a fast tokenizer, T5's SentencePiece).
+TOKENIZER_FILES = ("vocab.json", "tokenizer.json", "spiece.model", "tokenizer.model")
 
 
 @dataclass
@@ -146,7 +148,9 @@ def load(spec: str, device_setting: str = "auto", dtype_setting: str = "auto",
     source = resolve_model(spec)
     device = pick_device(device_setting)
     dtype = pick_dtype(dtype_setting, device, config or spec)
-    folder = Path(source) if Path(source).is_dir() else None
+    # Where the model's configs (and its canvas.json) are: its folder, or a single file's
+    # `config` folder.
+    folder = Path(source) if Path(source).is_dir() else Path(config) if config else None
     check_offload(offload, device)
     log.info("loading %s on %s (%s%s%s)", spec, device, dtype,
              "" if quantize == "none" else f", {quantize}",
@@ -158,7 +162,11 @@ def load(spec: str, device_setting: str = "auto", dtype_setting: str = "auto",
     elif spec in RANDOM_MODELS:
         text2img = build_random(spec, device, dtype)
     elif Path(source).is_file():
-        text2img = _single_file(Path(source), config, dtype, extra)
+        if quantized:
+            raise MemoryModeError(
+                f"{spec}: a single-file checkpoint cannot be quantized while it loads; save "
+                "it once as a diffusers folder (pipe.save_pretrained) and give that folder")
+        text2img = _single_file(Path(source), config, dtype)
     else:
         text2img = AutoPipelineForText2Image.from_pretrained(source, dtype=dtype,
                                                              **absent_components(folder),
@@ -192,15 +200,40 @@ def load(spec: str, device_setting: str = "auto", dtype_setting: str = "auto",
     return pipelines
 
 
-def _single_file(path: Path, config: str, dtype: torch.dtype, extra: dict) -> DiffusionPipeline:
+def _single_file(path: Path, config: str, dtype: torch.dtype) -> DiffusionPipeline:
     """A checkpoint in one .safetensors file (as shared on model sites), loaded with
-    from_single_file; `config` is a local folder of its diffusers configs (model_index.json
-    and each component's config), so no download is needed to read it."""
+    from_single_file; `config` is a local folder of its diffusers configs (model_index.json,
+    each component's config, the tokenizer's files and the scheduler's), so no download is
+    needed to read it. Without one, diffusers guesses the configs and downloads them."""
     import diffusers
 
+    if config:
+        _check_config_folder(Path(config))
     name = pipeline_class(config) if config else "StableDiffusionPipeline"
     cls = getattr(diffusers, name or "StableDiffusionPipeline")
-    return cls.from_single_file(str(path), config=config or None, torch_dtype=dtype, **extra)
+    try:
+        return cls.from_single_file(str(path), config=config or None, torch_dtype=dtype)
+    except (IndexError, KeyError, RuntimeError) as error:  # diffusers' converters, unguarded
+        raise ValueError(f"{path} does not fit the configs in {config or 'diffusers guessed'}"
+                         f" (a checkpoint of another family or size?): {error}") from error
+
+
+def _check_config_folder(folder: Path) -> None:
+    """Each component model_index.json names has its folder: a missing tokenizer would load
+    without a word of warning and draw noise."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ValueError(f"config: {folder} has no model_index.json; give the folder of a "
+                         "diffusers copy of the model's family (its configs and tokenizer)")
+    wanted = [name for name, value in json.loads(index.read_text()).items()
+              if isinstance(value, list) and value[:1] != [None]]
+    missing = [name for name in wanted if not (folder / name).is_dir()
+               or not any((folder / name).iterdir())
+               or name.startswith("tokenizer") and not any(
+                   (folder / name / file).is_file() for file in TOKENIZER_FILES)]
+    if missing:
+        raise ValueError(f"config: {folder} lacks {', '.join(missing)}: copy those folders "
+                         "(without their weights) from a diffusers copy of the model")
 
 
 def _random_quantized(spec: str, dtype: torch.dtype, extra: dict) -> DiffusionPipeline:
