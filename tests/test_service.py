@@ -17,6 +17,7 @@ from bot import commands as cmd
 from bot.cli import build_service
 from bot.config import load_settings
 from bot.service import OUR_FAULT, Attachment, Service, User
+from bot.service.delivery import Delivery
 from bot.store import NewJob, Store
 from engine.blobs import LocalBlobs, key_of
 from engine.params import Params
@@ -270,3 +271,32 @@ async def test_a_job_that_kills_the_engine_twice_fails_clearly_and_the_bot_goes_
         after = await bot.say(BOB, "/imagine a blue square --steps 2")
         await bot.recorder.wait(after.job_id, timeout=60)
         assert len(bot.recorder.images[after.job_id]) == 1
+
+
+async def test_an_outcome_asked_for_twice_while_on_its_way_goes_out_once(tmp_path):
+    """At start a job can be both among the undelivered and answered by a worker that
+    finished it meanwhile: its chat still gets one picture."""
+    settings = load_settings(write_config(tmp_path))
+    store = await Store.open(settings.storage.db)
+    user = await store.ensure_user("test", "1001")
+    job_id = await store.add_job(NewJob(user, Params(prompt="a blue circle", seed=4, steps=3)))
+    await store.save_result(job_id, [], 0.1, "base")
+    release = asyncio.Event()
+
+    class SlowChat(Recorder):
+        async def deliver_images(self, job, images) -> None:
+            await release.wait()
+            await super().deliver_images(job, images)
+
+    delivery = Delivery(store)
+    chat = SlowChat()
+    delivery.register("test", chat)
+    job = await store.get_job(job_id)
+    delivery.outcome(job)
+    delivery.outcome(job)
+    release.set()
+    await chat.wait(job_id)
+    await delivery.finish()
+    assert chat.deliveries == [job_id]
+    assert (await store.get_job(job_id)).delivered_at
+    await store.close()

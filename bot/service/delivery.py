@@ -23,6 +23,7 @@ class Delivery:
         self.store = store
         self.deliverers: dict[str, Deliverer] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._delivering: set[int] = set()  # job ids whose outcome is on its way
 
     def register(self, platform: str, deliverer: Deliverer) -> None:
         self.deliverers[platform] = deliverer
@@ -36,10 +37,20 @@ class Delivery:
             self.spawn(deliverer.progress(job, step, total))
 
     def outcome(self, job: JobRow) -> None:
-        """Send a finished job's outcome to its chat, in the background."""
+        """Send a finished job's outcome to its chat, in the background, once: at start the
+        same job can be both among the undelivered and answered again by a worker."""
+        if job.id in self._delivering:
+            return
+        self._delivering.add(job.id)
         self.spawn(self._deliver_outcome(job))
 
     async def _deliver_outcome(self, job: JobRow) -> None:
+        try:
+            await self._send_outcome(job)
+        finally:
+            self._delivering.discard(job.id)
+
+    async def _send_outcome(self, job: JobRow) -> None:
         deliverer = self.deliverers.get(job.platform)
         if deliverer is None:
             return  # that adapter is not running now; delivered when it next starts

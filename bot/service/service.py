@@ -69,9 +69,12 @@ class Service:
         """Start the engines, then take up what an earlier run left: undelivered results
         first, then the jobs that were waiting or running."""
         await self.engines.start()
+        # Read before any event is handled: a result stored from now on is delivered by
+        # the dispatch, and must not be found here as well.
+        undelivered = await self.store.undelivered_jobs()
         self.dispatch.start()
         await self.learning.start()
-        for job in await self.store.undelivered_jobs():
+        for job in undelivered:
             self.delivery.outcome(job)
         held = self.engines.joiner.held if self.engines.joiner else {}
         for job in await self.store.active_jobs():
