@@ -72,7 +72,8 @@ class WorkerTransport:
         await self.said.put(protocol.decode(self.record["ready"]))
 
     async def send(self, message: protocol.ToEngine) -> None:
-        fields = await asyncio.to_thread(streams.entry, message, self.hub.blobs)
+        fields = (await asyncio.to_thread(streams.entry, message, self.hub.blobs)
+                  if streams.blob_keys(message) else streams.entry(message, self.hub.blobs))
         while not self.closed:
             try:
                 await self.hub.redis.xadd(streams.inbox(self.worker), fields)
@@ -128,9 +129,10 @@ class RedisHub:
                        asyncio.create_task(self._watch(), name="redis-workers")]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._tasks)  # each removes itself from the list when done
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for transport in list(self.transports.values()):
@@ -303,15 +305,17 @@ class RedisHub:
     # ---- what the workers say ------------------------------------------------------------
 
     async def _read_events(self) -> None:
-        start = "0"  # first what was read but never settled (the bot stopped), then new
+        # First what an earlier run read but never settled (the bot stopped), each once, in
+        # order: pending entries after `start`; then new ones.
+        start = "0"
         while True:
             try:
                 answer = await self._patiently(lambda since=start: self.redis.xreadgroup(
                     streams.BOT_GROUP, streams.BOT_CONSUMER, {streams.EVENTS: since},
                     count=64, block=1000))
                 entries = answer[0][1] if answer else []
-                if start == "0" and not entries:
-                    start = ">"
+                if start != ">":
+                    start = entries[-1][0] if entries else ">"
                 for entry_id, fields in entries:
                     await self._on_entry(entry_id, fields)
             except asyncio.CancelledError:
@@ -329,7 +333,8 @@ class RedisHub:
             await self._empty_out(worker)  # it held its jobs only to hand them back
             return
         try:
-            message = await asyncio.to_thread(streams.read_entry, fields, self.blobs)
+            message = (await asyncio.to_thread(streams.read_entry, fields, self.blobs)
+                       if streams.carries_blobs(fields) else streams.read_entry(fields, self.blobs))
         except streams.BadEntry as error:
             log.error("dropped a bad event from %s: %s", worker, error)
             await self._drop_event(entry_id)
@@ -345,8 +350,8 @@ class RedisHub:
                              | protocol.TrainFailed | protocol.VersionActive)
         if lasting:
             self._unsettled[id(message)] = entry_id
-        else:
-            await self._drop_event(entry_id)
+        else:  # passed on at once: dropping it is Redis' housekeeping, not the bot's news
+            self._in_background(self._drop_event(entry_id))
         if transport is not None:
             await transport.said.put(message)
         elif lasting:  # from a worker the bot does not know (yet, or any more)
@@ -359,9 +364,12 @@ class RedisHub:
     def settle(self, event: Event) -> None:
         entry_id = self._unsettled.pop(id(event), None)
         if entry_id is not None:
-            task = asyncio.create_task(self._drop_event(entry_id))
-            self._tasks.append(task)
-            task.add_done_callback(self._tasks.remove)
+            self._in_background(self._drop_event(entry_id))
+
+    def _in_background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
 
     async def _drop_event(self, entry_id: bytes) -> None:
         async def drop() -> None:

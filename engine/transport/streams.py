@@ -65,6 +65,11 @@ def entry(message: protocol.ToEngine | protocol.FromEngine, blobs: LocalBlobs,
     return fields
 
 
+def carries_blobs(fields: dict[bytes, bytes]) -> bool:
+    """Whether reading the entry writes files (then it is worth moving off an event loop)."""
+    return any(name.startswith(b"b:") for name in fields)
+
+
 class BadEntry(ValueError):
     """An entry that is not a message, or a blob whose bytes do not match its key."""
 
