@@ -45,7 +45,8 @@ def model_specs(engine: EngineSettings) -> tuple[ModelSpec, ...]:
 def build_service(settings: Settings, store: Store) -> Service:
     engine, blobs = settings.engine, blobs_of(settings)
     options = EngineOptions(engine.model, engine.device, engine.dtype, engine.max_batch,
-                            blobs.root, engine.compile, model_specs(engine), engine.memory)
+                            blobs.root, engine.compile, model_specs(engine), engine.memory,
+                            engine.upscaler)
     local = [EngineHandle(SubprocessTransport(options))] if settings.queue.local_engine or \
         not settings.queue.url else []
     joiner = None
@@ -62,7 +63,7 @@ def worker_arguments(settings: Settings, device: str | None, name: str | None,
     engine = settings.engine
     options = EngineOptions(engine.model, device or engine.device, engine.dtype,
                             engine.max_batch, blobs or Path(), engine.compile,
-                            model_specs(engine), engine.memory)
+                            model_specs(engine), engine.memory, engine.upscaler)
     arguments = options.arguments()
     at = arguments.index("--blobs")
     del arguments[at:at + 2]

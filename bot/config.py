@@ -116,6 +116,10 @@ class EngineSettings:
     memory: float = _setting(0.0, min=0.001, auto=True)
     # A folder of LoRA files (.safetensors) people may add with --lora NAME[:WEIGHT].
     loras: Path | None = None
+    # What /upscale enlarges with: an ESRGAN-family model file (.pth, .safetensors; needs
+    # spandrel) or an SD x4 upscaler (a diffusers folder or hub id); empty: a "hires fix" by
+    # the picture's own model.
+    upscaler: str = ""
 
     def __post_init__(self) -> None:
         for name in self.models:

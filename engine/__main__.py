@@ -79,6 +79,9 @@ def main() -> None:
     parser.add_argument("--name", default="", help="the worker's name (default: host name)")
     parser.add_argument("--lease", type=float, default=10.0,
                         help="seconds a worker's jobs stay its own without a heartbeat")
+    parser.add_argument("--upscaler", default="",
+                        help="an upscaling model for /upscale: an ESRGAN-family file (spandrel) "
+                             "or an SD x4 upscaler's folder or hub id; none: a hires fix")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet and the VAE decoder, warmed up at start")
     parser.add_argument("--threads", type=int, default=0,
@@ -152,7 +155,7 @@ def main() -> None:
         signal.signal(signal.SIGINT, stop)
     else:
         threading.Thread(target=_read_stdin, args=(inbox,), daemon=True, name="stdin").start()
-    engine = Engine(models, LocalBlobs(args.blobs), max_batch, send, inbox)
+    engine = Engine(models, LocalBlobs(args.blobs), max_batch, send, inbox, args.upscaler)
     loaded.set()
     send(protocol.Ready(models.default, engine.version, str(pipelines.device),
                         str(pipelines.dtype).removeprefix("torch."),

@@ -36,6 +36,7 @@ from engine.memory_modes import apply_offload
 from engine.models import Models
 from engine.params import Params
 from engine.pipelines import Pipelines, fit_size
+from engine.upscaler import Upscaler, UpscalerError, load_upscaler
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class Plan:
     def batch_key(self) -> tuple:
         params = self.params
         return (params.kind, params.checkpoint, self.width, self.height, params.steps,
-                params.cfg, params.strength, params.loras, self.options)
+                params.cfg, params.strength, params.loras, params.scale, self.options)
 
     @property
     def steps_run(self) -> int:
@@ -88,7 +89,7 @@ Slot = tuple[Plan, int]  # one image of a job: (plan, index within the job)
 class Engine:
     def __init__(self, models: Models | Pipelines, blobs: LocalBlobs, max_batch: int,
                  send: Callable[[protocol.FromEngine], None],
-                 inbox: queue.Queue[protocol.ToEngine]) -> None:
+                 inbox: queue.Queue[protocol.ToEngine], upscaler: str = "") -> None:
         self.models = models if isinstance(models, Models) else Models.single(models)
         self.models.send = send  # each later load is reported as it happens
         self.blobs = blobs
@@ -117,6 +118,9 @@ class Engine:
         # Version switches and training commands wait for the end of the current batch, so
         # a batch never changes model half way.
         self.control: deque[Control] = deque()
+        # engine.upscaler ("": upscales are a hires fix), loaded at its first job.
+        self.upscaler_source = upscaler
+        self._upscaler: Upscaler | UpscalerError | None = None
 
     def run(self) -> None:
         while not self.stopping:
@@ -284,7 +288,9 @@ class Engine:
         else:
             with Image.open(self._file(params.image)) as image:
                 width, height = fit_size(image.size, pipes.settings)
-                if params.scale:  # an upscale: redrawn at that many times its own size
+                if params.scale and self.upscaler_source:  # exactly that many times
+                    width, height = (side * params.scale for side in image.size)
+                elif params.scale:  # a hires fix: redrawn at about that many times its size
                     grid = pipes.settings.size_multiple
                     width, height = (max(grid, round(side * params.scale / grid) * grid)
                                      for side in image.size)
@@ -440,6 +446,8 @@ class Engine:
         """The batch's images, each with whether the model's own safety checker flagged it."""
         plan = batch[0][0]
         pipes = self.pipes_of(plan.params.checkpoint)
+        if plan.params.scale and self.upscaler_source:
+            return self.upscaled(batch, pipes)
         jobs = [p.params for p, _ in batch]
         arguments = dict(
             **pipes.family.call_arguments([job.prompt for job in jobs],
@@ -488,6 +496,40 @@ class Engine:
         else:  # a pipeline whose own checker goes by another name says so in its output
             flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(images)
         return list(zip(images, flagged, strict=True))
+
+    def upscaled(self, batch: list[Slot], pipes: Pipelines) -> list[tuple[Image.Image, bool]]:
+        """The batch's pictures enlarged by engine.upscaler, each checked by its model's own
+        safety checker as the model's pictures are."""
+        upscaler = self.upscaler(pipes)
+        images = []
+        for plan, index in batch:
+            def on_step(done: int, total: int, plan: Plan = plan) -> None:
+                self.take_messages(block=False)  # so a cancel can arrive
+                if not plan.cancelled:
+                    self.send(protocol.Progress(plan.job_id, done, total))
+
+            params = plan.params
+            with Image.open(self.blobs.path(params.image)) as source:
+                images.append(upscaler.upscale(source, (plan.width, plan.height),
+                                               params.prompt or "", params.seed + index,
+                                               params.steps, on_step))
+        checker = getattr(pipes.text2img, "safety_checker", None)
+        flagged = (_flagged(pipes.text2img, checker, images) if checker is not None
+                   else [False] * len(images))
+        return list(zip(images, flagged, strict=True))
+
+    def upscaler(self, pipes: Pipelines) -> Upscaler:
+        """engine.upscaler, loaded once; one that cannot load fails each upscale with why."""
+        if self._upscaler is None:
+            try:
+                self._upscaler = load_upscaler(self.upscaler_source, pipes.device, pipes.dtype)
+                log.info("upscales use %s", self._upscaler.name)
+            except UpscalerError as error:
+                log.error("%s", error)
+                self._upscaler = error
+        if isinstance(self._upscaler, UpscalerError):
+            raise self._upscaler
+        return self._upscaler
 
     def step_callback(self, batch: list[Slot]) -> Callable:
         plans = _plans_of(batch)

@@ -1,16 +1,22 @@
-"""Upscaling on the console, with no upscaling model configured: the "hires fix" (the picture
+"""Upscaling on the console. With no upscaling model configured, the "hires fix" (the picture
 enlarged, then lightly redrawn by its own model) makes a new picture twice or four times as
-wide that still shows what the first one did; and --strength on /inpaint."""
+wide that still shows what the first one did; with engine.upscaler, that model does the work.
+And --strength on /inpaint."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+import torch
 from PIL import Image
 
 from engine.shapes import checker
+from engine.upscaler import UpscalerError, load_upscaler
 from tests.conftest import job_row, run_console, write_config
+from tests.tiny_upscaler import write_tiny_x4_upscaler
 
 
 def seen(record: dict) -> tuple[str, str, str]:
@@ -61,3 +67,44 @@ def test_inpaint_takes_a_strength(tmp_path: Path) -> None:
     kept = Image.open(image["path"]).convert("RGB").getpixel((2, 2))
     assert kept == (0, 0, 255)  # outside the mask the picture is the one sent
     assert "strength" in refused["error"]
+
+
+def test_with_an_sd_x4_upscaler_configured_upscales_are_its_own(tmp_path: Path) -> None:
+    """engine.upscaler naming a diffusers SD x4 upscaler (a tiny random one: its pictures are
+    noise, so the size, the lineage and the progress say whose work it is). It runs all its
+    steps; a hires fix would run a third of them (strength 0.3)."""
+    upscaler = write_tiny_x4_upscaler(tmp_path / "x4-upscaler")
+    config = write_config(tmp_path, engine={"upscaler": str(upscaler)})
+    first = run_console(config, ["/imagine a red circle on a blue background --seed 5 "
+                                 "--steps 6"])
+    assert first.returncode == 0, first.stderr
+    run = run_console(config, ["/upscale 1 --scale 4", "/upscale 1"])
+    assert run.returncode == 0, run.stderr
+    four, two = run.replies
+    for reply, side in ((four, 256), (two, 128)):
+        [image] = run.images(reply["job"])
+        assert (image["width"], image["height"]) == (side, side)
+        assert Image.open(image["path"]).size == (side, side)
+        assert job_row(config.parent / "canvas.db", reply["job"])["source_image_id"] == 1
+        steps = [(r["step"], r["total"]) for r in run.records
+                 if r["type"] == "progress" and r["job"] == reply["job"]]
+        assert steps[-1] == (6, 6)
+    assert "upscales use x4-upscaler (SD x4 upscaler)" in run.stderr
+
+
+def test_an_upscaler_that_cannot_load_fails_the_upscale_clearly_and_the_bot_goes_on(
+        tmp_path: Path) -> None:
+    junk = tmp_path / "RealESRGAN_x4plus.pth"
+    junk.write_bytes(b"not a model")
+    config = write_config(tmp_path, engine={"upscaler": str(junk)})
+    first = run_console(config, ["/imagine a red circle --seed 5 --steps 2"])
+    assert first.returncode == 0, first.stderr
+    run = run_console(config, ["/upscale 1", "/imagine a blue square --seed 1 --steps 2"])
+    upscale, imagine = run.replies
+    # Here spandrel is not installed (it needs a torchvision that matches this CPU torch).
+    says = "cannot read" if importlib.util.find_spec("spandrel") else "install it beside"
+    assert says in run.failure(upscale["job"]) and "RealESRGAN_x4plus.pth" in run.failure(
+        upscale["job"])
+    assert run.images(imagine["job"])
+    with pytest.raises(UpscalerError, match="there is no file"):
+        load_upscaler(str(tmp_path / "missing.safetensors"), torch.device("cpu"), torch.float32)

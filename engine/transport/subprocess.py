@@ -28,13 +28,15 @@ class EngineOptions:
     compile: bool = False
     models: tuple[protocol.ModelSpec, ...] = ()  # the default first
     memory: float = 0  # GB of device memory for models; 0: what is free, less headroom
+    upscaler: str = ""  # engine.upscaler; "": upscales are a hires fix
 
     def arguments(self) -> list[str]:
         models = (["--models", json.dumps([dataclasses.asdict(m) for m in self.models])]
                   if self.models else ["--model", self.checkpoint])
         return [*models, "--device", self.device, "--dtype", self.dtype,
                 "--max-batch", str(self.max_batch), "--blobs", str(self.blobs),
-                "--memory", str(self.memory), *(["--compile"] if self.compile else [])]
+                "--memory", str(self.memory), *(["--compile"] if self.compile else []),
+                *(["--upscaler", self.upscaler] if self.upscaler else [])]
 
 
 class SubprocessTransport:
