@@ -53,8 +53,9 @@ class FusedAdapters(Adapters):
             raise ValueError("LoRAs by name (--lora) need engine.compile: false on this bot.")
         yield
 
-    def __init__(self, denoiser: torch.nn.Module, blobs: LocalBlobs) -> None:
-        super().__init__(denoiser, blobs)
+    def __init__(self, denoiser: torch.nn.Module, blobs: LocalBlobs,
+                 pipeline: type | None = None) -> None:
+        super().__init__(denoiser, blobs, pipeline)
         self.files: dict[str, Path] = {}
         self.originals: dict[str, torch.Tensor] = {}
         self.merged: tuple[str, ...] = ()

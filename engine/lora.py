@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
 from peft import LoraConfig
 from PIL import Image
-from safetensors import safe_open
+from safetensors.torch import load_file
 
 from engine import protocol
 from engine.blobs import LocalBlobs
@@ -42,9 +43,11 @@ LORA_FILE = "pytorch_lora_weights.safetensors"  # what save_lora_adapter writes
 class Adapters:
     """Which LoRAs are loaded into the denoiser, and which chain generation uses."""
 
-    def __init__(self, denoiser: torch.nn.Module, blobs: LocalBlobs) -> None:
+    def __init__(self, denoiser: torch.nn.Module, blobs: LocalBlobs,
+                 pipeline: type | None = None) -> None:
         self.denoiser = denoiser
         self.blobs = blobs
+        self.pipeline = pipeline  # its class reads LoRA files of other tools' layouts
         self.loaded: set[str] = set()
         self.active: tuple[str, ...] = ()
         self.version = "base"
@@ -97,17 +100,15 @@ class Adapters:
         adapter = f"lora-{key.split('.')[0][:16]}"
         if adapter in self.loaded:
             return adapter
-        path = self.blobs.path(key)
-        with safe_open(str(path), "pt") as weights:
-            keys = list(weights.keys())
+        state, alphas = self._read(self.blobs.path(key))
         # diffusers' own files name the denoiser's part (a DreamBooth file has text_encoder.*
-        # too); a version /retrain made names nothing.
+        # too, which is not applied: the text encoders take no LoRA here); a version
+        # /retrain made names nothing.
         prefix = next((part for part in ("unet", "transformer")
-                       if any(key.startswith(f"{part}.") for key in keys)), None)
+                       if any(key.startswith(f"{part}.") for key in state)), None)
         try:
-            self.denoiser.load_lora_adapter(str(path.parent), weight_name=path.name,
-                                            adapter_name=adapter, prefix=prefix,
-                                            use_safetensors=True)
+            self.denoiser.load_lora_adapter(state, network_alphas=alphas, adapter_name=adapter,
+                                            prefix=prefix)
         except Exception as error:
             with contextlib.suppress(Exception):
                 self.denoiser.delete_adapters(adapter)
@@ -115,6 +116,23 @@ class Adapters:
                              f"another model family or size): {error}") from None
         self.loaded.add(adapter)
         return adapter
+
+    def _read(self, path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+        """The file's weights in diffusers' layout, with their alphas where the file has them:
+        files from kohya's scripts and A1111 (`lora_unet_…`, `lora_down`/`lora_up`) are
+        converted by the model's pipeline class, as its own load_lora_weights does."""
+        reader = getattr(self.pipeline, "lora_state_dict", None)
+        if reader is None:
+            return load_file(path), None
+        # SDXL files in kohya's older layout name the UNet's blocks as the original code did.
+        extra = ({"unet_config": self.denoiser.config}
+                 if isinstance(self.denoiser, UNet2DConditionModel) else {})
+        try:
+            read = reader(str(path.parent), weight_name=path.name, **extra)
+        except Exception as error:
+            raise ValueError(f"{path.name} is not a LoRA file diffusers can read: {error}") \
+                from None
+        return read if isinstance(read, tuple) else (read, None)
 
     def drop(self, version: str) -> None:
         """Forget a LoRA that was loaded (a half-trained one)."""

@@ -257,7 +257,8 @@ class Engine:
             # A compiled denoiser gets versions merged into its weights: peft layers would
             # make every switch compile again.
             kind = FusedAdapters if pipes.compiled else Adapters
-            adapters = self.model_adapters[name] = kind(pipes.family.module, self.blobs)
+            adapters = self.model_adapters[name] = kind(pipes.family.module, self.blobs,
+                                                        type(pipes.text2img))
             self.applied.pop(name, None)
         wanted = self.versions.get(name)
         if wanted is not None and self.applied.get(name) is not wanted:
