@@ -59,6 +59,7 @@ class WorkerTransport:
         self.record = record
         self.said: asyncio.Queue[protocol.FromEngine | None] = asyncio.Queue()
         self.closed = False
+        self.sent: set[str] = set()  # blobs it keeps (streams.kept_blobs) and was sent
 
     @property
     def description(self) -> str:
@@ -72,11 +73,16 @@ class WorkerTransport:
         await self.said.put(protocol.decode(self.record["ready"]))
 
     async def send(self, message: protocol.ToEngine) -> None:
-        fields = (await asyncio.to_thread(streams.entry, message, self.hub.blobs)
-                  if streams.blob_keys(message) else streams.entry(message, self.hub.blobs))
+        kept = set(streams.kept_blobs(message))
+        leave_out = frozenset(self.sent & kept)
+        needed = set(streams.blob_keys(message)) - leave_out
+        fields = (await asyncio.to_thread(streams.entry, message, self.hub.blobs,
+                                          leave_out=leave_out)
+                  if needed else streams.entry(message, self.hub.blobs, leave_out=leave_out))
         while not self.closed:
             try:
                 await self.hub.redis.xadd(streams.inbox(self.worker), fields)
+                self.sent |= kept
                 return
             except OUTAGE:
                 await asyncio.sleep(RETRY)  # Redis is back soon, or the worker is gone
@@ -296,6 +302,8 @@ class RedisHub:
     async def _resend_lost(self) -> None:
         """Redis came back: jobs a worker holds whose entry Redis lost go back to the bot to be
         sent again (none of them ran to an answer the bot has seen)."""
+        for transport in self.transports.values():  # what each was sent may be lost too
+            transport.sent.clear()
         for worker, handle in list(self.handles.items()):
             present = {job.job_id for job in await self._jobs_in(worker)}
             lost = tuple(job_id for job_id in handle.in_flight if job_id not in present)

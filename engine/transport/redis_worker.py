@@ -15,13 +15,14 @@ import secrets
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from engine import protocol
-from engine.blobs import LocalBlobs
+from engine.blobs import LocalBlobs, is_key
 from engine.transport import streams
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ class RedisLink:
         self.models: set[str] = set()
         self.busy = 0  # jobs held
         self.entries: dict[int, bytes] = {}  # job id -> its entry id (its lease)
+        # The pictures jobs held here need, by how many of those jobs: removed with the last.
+        self.inputs: dict[int, list[str]] = {}
+        self.input_uses: Counter[str] = Counter()
         self._progress_sent: dict[int, float] = {}  # job id -> when its progress last went
         self.stopping = threading.Event()
         self._finish = self.redis.register_script(streams.FINISH)
@@ -118,21 +122,29 @@ class RedisLink:
                     self._take(entry_id, fields, inbox)
 
     def _take(self, entry_id: bytes, fields: dict[bytes, bytes], inbox: queue.Queue) -> None:
-        try:
-            message = streams.read_entry(fields, self.blobs)
-        except streams.BadEntry as error:
-            log.error("dropped a bad entry %s: %s", entry_id, error)
-            self._settle(entry_id)
-            return
+        with self._lock:  # a picture stored here must not go with a job that finishes now
+            # Only what this worker stores is its to remove (--blobs may name a folder that
+            # holds other pictures too).
+            arriving = {key for key in streams.blob_names(fields)
+                        if key in self.input_uses or is_key(key) and not self.blobs.has(key)}
+            try:
+                message = streams.read_entry(fields, self.blobs)
+            except streams.BadEntry as error:
+                message = None
+                log.error("dropped a bad entry %s: %s", entry_id, error)
+            if isinstance(message, protocol.Job):
+                again = message.job_id in self.entries
+                self.entries[message.job_id] = entry_id
+                if not again:
+                    self.busy += 1
+                    self.inputs[message.job_id] = [key for key in streams.job_inputs(message)
+                                                   if key in arriving]
+                    self.input_uses.update(self.inputs[message.job_id])
         if not isinstance(message, protocol.Job):
             self._settle(entry_id)  # control is not leased: it is applied in order
-            inbox.put(message)
+            if message is not None:
+                inbox.put(message)
             return
-        with self._lock:
-            again = message.job_id in self.entries
-            self.entries[message.job_id] = entry_id
-            if not again:
-                self.busy += 1
         if not again:  # a job seen twice (Redis lost its record of our read) runs once
             inbox.put(message)
 
@@ -202,6 +214,7 @@ class RedisLink:
             entry_id = self.entries.pop(message.job_id, None)
             if entry_id is not None:
                 self.busy -= 1
+                self._drop_inputs(message.job_id)
         if entry_id is None:
             return
         fields = streams.entry(message, self.blobs, w=self.id)
@@ -214,6 +227,14 @@ class RedisLink:
                         "result is dropped, another worker makes it", message.job_id)
         for key in streams.blob_keys(message):  # the bot has the pictures now
             self.blobs.path(key).unlink(missing_ok=True)
+
+    def _drop_inputs(self, job_id: int) -> None:
+        """The job's pictures, once no job held here needs them (the caller holds the lock)."""
+        for key in self.inputs.pop(job_id, ()):
+            self.input_uses[key] -= 1
+            if self.input_uses[key] <= 0:
+                del self.input_uses[key]
+                self.blobs.path(key).unlink(missing_ok=True)
 
     def _settle(self, entry_id: bytes) -> None:
         def settle() -> None:

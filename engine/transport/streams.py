@@ -21,7 +21,7 @@ This module imports only the standard library and engine/, like the rest of the 
 from __future__ import annotations
 
 from engine import protocol
-from engine.blobs import LocalBlobs, key_of, suffix_of
+from engine.blobs import LocalBlobs, is_key, key_of, suffix_of
 
 EVENTS = "canvas:events"
 WORKERS = "canvas:workers"
@@ -56,18 +56,43 @@ def blob_keys(message: protocol.ToEngine | protocol.FromEngine) -> list[str]:
     return []
 
 
-def entry(message: protocol.ToEngine | protocol.FromEngine, blobs: LocalBlobs,
-          **extra: str) -> dict[str, bytes | str]:
-    """A stream entry: the message, the bytes of its blobs, and any `extra` fields."""
+def kept_blobs(message: protocol.ToEngine) -> list[str]:
+    """The blobs of a message that a worker keeps once it has them (LoRA files, which many
+    jobs name), so each goes to a worker once; a job's pictures go with every job."""
+    match message:
+        case protocol.Job(params=params):
+            return [key for _, _, key in params.loras or () if key]
+        case protocol.UseVersion(chain=chain):
+            return [adapter.blob for adapter in chain]
+        case protocol.Train(parents=parents):
+            return [adapter.blob for adapter in parents]
+    return []
+
+
+def job_inputs(message: protocol.Job) -> list[str]:
+    """A job's pictures (its image and mask), which the worker needs only while it runs."""
+    return [key for key in (message.params.image, message.params.mask) if key]
+
+
+def entry(message: protocol.ToEngine | protocol.FromEngine, blobs: LocalBlobs, *,
+          leave_out: frozenset[str] = frozenset(), **extra: str) -> dict[str, bytes | str]:
+    """A stream entry: the message, the bytes of its blobs but those the receiver has
+    (`leave_out`), and any `extra` fields."""
     fields: dict[str, bytes | str] = {"m": protocol.encode(message), **extra}
     for key in dict.fromkeys(blob_keys(message)):
-        fields[f"b:{key}"] = blobs.path(key).read_bytes()
+        if key not in leave_out:
+            fields[f"b:{key}"] = blobs.path(key).read_bytes()
     return fields
 
 
 def carries_blobs(fields: dict[bytes, bytes]) -> bool:
     """Whether reading the entry writes files (then it is worth moving off an event loop)."""
-    return any(name.startswith(b"b:") for name in fields)
+    return bool(blob_names(fields))
+
+
+def blob_names(fields: dict[bytes, bytes]) -> list[str]:
+    """The keys of the blobs an entry carries, as named (not yet checked)."""
+    return [name[2:].decode(errors="replace") for name in fields if name.startswith(b"b:")]
 
 
 class BadEntry(ValueError):
@@ -80,7 +105,9 @@ def read_entry(fields: dict[bytes, bytes], blobs: LocalBlobs
     for name, data in fields.items():
         if not name.startswith(b"b:"):
             continue
-        key = name[2:].decode()
+        key = name[2:].decode(errors="replace")
+        if not is_key(key):
+            raise BadEntry(f"{key[:80]!r} is not a blob's key")
         if blobs.has(key):
             continue
         if key_of(data, suffix_of(key)) != key:
