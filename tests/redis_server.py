@@ -19,8 +19,11 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, fsync: str = "always") -> None:
+        """`fsync`: Redis' appendfsync, `always` (the tests: nothing acknowledged is lost) or
+        `everysec` (what docker-compose.yml runs)."""
         self.folder = folder
+        self.fsync = fsync
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         folder.mkdir(parents=True, exist_ok=True)
@@ -35,7 +38,7 @@ class RedisServer:
             pytest.fail("redis-server is not installed (apt-get install redis-server)")
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+             "--appendonly", "yes", "--appendfsync", self.fsync, "--save", "",
              "--protected-mode", "no"],
             stdout=(self.folder / "redis.log").open("ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
