@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 OUTAGE = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 RETRY = 0.5
+# Blobs up to this size are hashed and written on the event loop (well under a millisecond):
+# a trip to a thread and back costs more than that on a busy machine.
+INLINE_BLOBS = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -342,7 +345,8 @@ class RedisHub:
             return
         try:
             message = (await asyncio.to_thread(streams.read_entry, fields, self.blobs)
-                       if streams.carries_blobs(fields) else streams.read_entry(fields, self.blobs))
+                       if streams.blob_bytes(fields) > INLINE_BLOBS
+                       else streams.read_entry(fields, self.blobs))
         except streams.BadEntry as error:
             log.error("dropped a bad event from %s: %s", worker, error)
             await self._drop_event(entry_id)

@@ -85,9 +85,9 @@ def entry(message: protocol.ToEngine | protocol.FromEngine, blobs: LocalBlobs, *
     return fields
 
 
-def carries_blobs(fields: dict[bytes, bytes]) -> bool:
-    """Whether reading the entry writes files (then it is worth moving off an event loop)."""
-    return bool(blob_names(fields))
+def blob_bytes(fields: dict[bytes, bytes]) -> int:
+    """How many bytes of blobs the entry carries: reading it hashes and writes them."""
+    return sum(len(data) for name, data in fields.items() if name.startswith(b"b:"))
 
 
 def blob_names(fields: dict[bytes, bytes]) -> list[str]:
