@@ -12,7 +12,6 @@ Redis going away is waited out; when it comes back, what it lost is sent again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -36,6 +35,7 @@ log = logging.getLogger(__name__)
 
 OUTAGE = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 RETRY = 0.5
+STOP_WAIT = 5.0  # seconds the bot's stop waits for its Redis tasks
 # Blobs up to this size are hashed and written on the event loop (well under a millisecond):
 # a trip to a thread and back costs more than that on a busy machine.
 INLINE_BLOBS = 256 * 1024
@@ -126,6 +126,7 @@ class RedisHub:
         self._tasks: list[asyncio.Task] = []
         self._pool: EnginePool | None = None
         self._lost_redis = False
+        self._stopping = False
         self.on_taken_back: Callable[[TakenBack], Awaitable[None]] | None = None
 
     # ---- start and stop ------------------------------------------------------------------
@@ -138,12 +139,15 @@ class RedisHub:
                        asyncio.create_task(self._watch(), name="redis-workers")]
 
     async def stop(self) -> None:
+        self._stopping = True  # no more tries: a cancel taken for an outage ends here too
         tasks = list(self._tasks)  # each removes itself from the list when done
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_WAIT)
+            for task in stuck:
+                log.warning("Redis task %s did not stop in %.0f s; leaving it", task.get_name(),
+                            STOP_WAIT)
         for transport in list(self.transports.values()):
             await transport.gone()
         await self.redis.aclose()
@@ -154,6 +158,8 @@ class RedisHub:
             try:
                 return await call()
             except OUTAGE as error:
+                if self._stopping:
+                    raise asyncio.CancelledError from error
                 if not told:
                     log.warning("Redis is unreachable (%s); jobs wait until it is back", error)
                     told = True
@@ -189,7 +195,7 @@ class RedisHub:
     # ---- workers come and go -------------------------------------------------------------
 
     async def _watch(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self._patiently(self._look)
             except Exception:
@@ -319,7 +325,7 @@ class RedisHub:
         # First what an earlier run read but never settled (the bot stopped), each once, in
         # order: pending entries after `start`; then new ones.
         start = "0"
-        while True:
+        while not self._stopping:
             try:
                 answer = await self._patiently(lambda since=start: self.redis.xreadgroup(
                     streams.BOT_GROUP, streams.BOT_CONSUMER, {streams.EVENTS: since},
