@@ -82,8 +82,9 @@ class ModelDefaults:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    # bundled:NAME, random:FAMILY, a local diffusers folder, a hub id, or a single-file
-    # .safetensors checkpoint (with `config`: a local folder of its diffusers configs)
+    # bundled:NAME, random:FAMILY, a local diffusers folder, a hub id, a single-file
+    # .safetensors checkpoint (with `config`: a local folder of its diffusers configs), or a
+    # .gguf denoiser (with `config`: a local diffusers copy of the same model)
     source: str = _setting("", nonempty=True, required=True)
     description: str = ""
     dtype: str = _setting("auto", choices=DTYPES)

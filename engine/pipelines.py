@@ -161,6 +161,11 @@ def load(spec: str, device_setting: str = "auto", dtype_setting: str = "auto",
         text2img = _random_quantized(spec, dtype, extra)
     elif spec in RANDOM_MODELS:
         text2img = build_random(spec, device, dtype)
+    elif Path(source).is_file() and Path(source).suffix.lower() == ".gguf":
+        if quantized:
+            raise MemoryModeError(f"{spec}: a .gguf file is quantized already (leave "
+                                  "quantize: none)")
+        text2img = _gguf(Path(source), config, dtype)
     elif Path(source).is_file():
         if quantized:
             raise MemoryModeError(
@@ -216,6 +221,34 @@ def _single_file(path: Path, config: str, dtype: torch.dtype) -> DiffusionPipeli
     except (IndexError, KeyError, RuntimeError) as error:  # diffusers' converters, unguarded
         raise ValueError(f"{path} does not fit the configs in {config or 'diffusers guessed'}"
                          f" (a checkpoint of another family or size?): {error}") from error
+
+
+def _gguf(path: Path, config: str, dtype: torch.dtype) -> DiffusionPipeline:
+    """A denoiser quantized in a GGUF file, as pre-quantized FLUX.1 and SD 3.5 denoisers are
+    shared (Q8_0, Q4_K and the rest; diffusers dequantizes each layer as it runs); the rest of
+    the pipeline (text encoders, VAE, scheduler) from `config`, the same model's diffusers
+    folder or hub id, whose own denoiser weights are not read."""
+    import diffusers
+    from diffusers import GGUFQuantizationConfig
+
+    if not config:
+        raise ValueError(f"{path.name} holds only a denoiser: give the model a config (the "
+                         "same model's diffusers folder or hub id) for the rest")
+    index = DiffusionPipeline.load_config(config)
+    part = next((name for name in ("transformer", "unet") if name in index), None)
+    if part is None:
+        raise ValueError(f"config: {config} names no transformer or unet for {path.name}")
+    denoiser_class = getattr(diffusers, index[part][1])
+    try:
+        denoiser = denoiser_class.from_single_file(
+            str(path), config=config, subfolder=part, torch_dtype=dtype,
+            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype))
+    except (IndexError, KeyError, RuntimeError) as error:
+        raise ValueError(f"{path} does not fit the {part} configured in {config}: "
+                         f"{error}") from error
+    folder = Path(config) if Path(config).is_dir() else None
+    return AutoPipelineForText2Image.from_pretrained(config, dtype=dtype, **{part: denoiser},
+                                                     **absent_components(folder))
 
 
 def _check_config_folder(folder: Path) -> None:

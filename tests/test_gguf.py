@@ -1,0 +1,58 @@
+"""A model whose denoiser comes as a GGUF file (quantized in Q8_0, as FLUX.1 and SD 3.5 files
+are shared), the rest from its diffusers folder: written here from the bundled SD 3 model, it
+loads with its weights quantized, offline, and still draws what it is told; without a config,
+or asked to quantize again, it is refused with what to change."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.memory_modes import MemoryModeError
+from engine.models import footprint
+from engine.pipelines import load
+from engine.shapes import SD3_MODEL_DIR, checker
+from tests.gguf_file import write_gguf
+
+PROMPT = "a red circle on a blue background"
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+
+
+def picture(pipes) -> Image.Image:
+    size = pipes.settings.native_size
+    return pipes.text_to_image([PROMPT], pipes.defaults.steps, size, size).images[0]
+
+
+def test_a_gguf_denoiser_loads_quantized_and_draws_what_it_is_told(tmp_path):
+    file = write_gguf(SD3_MODEL_DIR / "transformer" / "diffusion_pytorch_model.safetensors",
+                      tmp_path / "shapes-sd3-Q8_0.gguf")
+    # As a user has it: the model's folder, without the denoiser weights the file replaces.
+    config = shutil.copytree(SD3_MODEL_DIR, tmp_path / "sd3-config")
+    (config / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
+    quantized = load(str(file), "cpu", "float32", config=str(config))
+    plain = load("bundled:shapes-sd3", "cpu", "float32")
+    kinds = {type(p).__name__ for p in quantized.text2img.transformer.parameters()}
+    assert "GGUFParameter" in kinds
+    assert footprint(quantized) < footprint(plain)
+    ours, theirs = picture(quantized), picture(plain)
+    seen = checker.read(ours)
+    assert (seen.colour, seen.shape, seen.background) == ("red", "circle", "blue")
+    difference = np.abs(np.asarray(ours, dtype=float) - np.asarray(theirs, dtype=float))
+    assert difference.mean() < 8, difference.mean()  # 8-bit weights: nearly the same picture
+
+
+def test_a_gguf_file_without_a_config_or_asked_to_quantize_again_is_refused(tmp_path):
+    file = write_gguf(SD3_MODEL_DIR / "transformer" / "diffusion_pytorch_model.safetensors",
+                      tmp_path / "denoiser.gguf")
+    with pytest.raises(ValueError, match="holds only a denoiser: give the model a config"):
+        load(str(file), "cpu", "float32")
+    with pytest.raises(MemoryModeError, match="quantized already"):
+        load(str(file), "cpu", "float32", config=str(SD3_MODEL_DIR), quantize="int8-weights")
