@@ -15,6 +15,7 @@ autocast, and a float16 model's loss is scaled (GradScaler) so its gradients do 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import tempfile
 import time
@@ -24,9 +25,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
+from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
 from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from engine import protocol
 from engine.blobs import LocalBlobs
@@ -238,9 +241,13 @@ class LoraTrainer:
     def save(self) -> str:
         """Put the new LoRA's weights in the blob store; its key."""
         with tempfile.TemporaryDirectory(prefix="canvas-lora-") as folder:
-            self.denoiser.save_lora_adapter(folder, adapter_name=self.request.version,
-                                            weight_name=LORA_FILE)
-            key = self.blobs.put((Path(folder) / LORA_FILE).read_bytes(), ".safetensors")
+            path = Path(folder) / LORA_FILE
+            if getattr(self.denoiser, "hf_quantizer", None) is None:
+                self.denoiser.save_lora_adapter(folder, adapter_name=self.request.version,
+                                                weight_name=LORA_FILE)
+            else:  # save_lora_adapter calls .to(dtype=None), which a quantized model refuses
+                _save_lora(self.denoiser, self.request.version, path)
+            key = self.blobs.put(path.read_bytes(), ".safetensors")
         for parameter in self.parameters:
             parameter.requires_grad_(False)
         return key
@@ -249,3 +256,13 @@ class LoraTrainer:
         """Forget the half-trained LoRA; generation goes on with the active version."""
         self.adapters.drop(self.request.version)
         self.adapters.for_generation()
+
+
+def _save_lora(denoiser: torch.nn.Module, adapter: str, path: Path) -> None:
+    """The adapter's weights and its LoRA config, as save_lora_adapter writes them (the config
+    in the metadata, so loading it back needs no guess at its rank)."""
+    config = {key: sorted(value) if isinstance(value, set) else value
+              for key, value in denoiser.peft_config[adapter].to_dict().items()}
+    save_file(get_peft_model_state_dict(denoiser, adapter_name=adapter), str(path),
+              metadata={"format": "pt",
+                        LORA_ADAPTER_METADATA_KEY: json.dumps(config, indent=2, sort_keys=True)})

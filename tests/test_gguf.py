@@ -1,7 +1,8 @@
 """A model whose denoiser comes as a GGUF file (quantized in Q8_0, as FLUX.1 and SD 3.5 files
 are shared), the rest from its diffusers folder: written here from the bundled SD 3 model, it
-loads with its weights quantized, offline, and still draws what it is told; without a config,
-or asked to quantize again, it is refused with what to change."""
+loads with its weights quantized, offline, and still draws what it is told, and /retrain makes
+a version of it; without a config, or asked to quantize again, it is refused with what to
+change."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from engine.memory_modes import MemoryModeError
 from engine.models import footprint
 from engine.pipelines import load
 from engine.shapes import SD3_MODEL_DIR, checker
+from tests.conftest import run_console, write_config
 from tests.gguf_file import write_gguf
 
 PROMPT = "a red circle on a blue background"
@@ -56,3 +58,21 @@ def test_a_gguf_file_without_a_config_or_asked_to_quantize_again_is_refused(tmp_
         load(str(file), "cpu", "float32")
     with pytest.raises(MemoryModeError, match="quantized already"):
         load(str(file), "cpu", "float32", config=str(SD3_MODEL_DIR), quantize="int8-weights")
+
+
+def test_retrain_on_a_gguf_model_makes_a_version_it_then_draws_with(tmp_path):
+    """A quantized denoiser takes a LoRA too; saving it must not try to cast the model
+    (diffusers' own save does, which a quantized model refuses)."""
+    file = write_gguf(SD3_MODEL_DIR / "transformer" / "diffusion_pytorch_model.safetensors",
+                      tmp_path / "sd3-Q8_0.gguf")
+    models = {"sd3q8": {"source": str(file), "config": str(SD3_MODEL_DIR)}}
+    config = write_config(tmp_path, engine={"model": "sd3q8", "models": models})
+    made = run_console(config, [f"/imagine {PROMPT} --seed {seed} --steps 4" for seed in range(4)])
+    assert made.returncode == 0, made.stderr
+    run = run_console(config, [*(f"/rate {image} 5" for image in range(1, 5)),
+                               "/retrain --steps 4 --rank 2"])
+    assert run.returncode == 0, run.stderr
+    assert any("Retraining finished" in r.get("text", "") for r in run.records), run.records
+    after = run_console(config, [f"/imagine {PROMPT} --seed 9 --steps 4"])
+    [image] = after.images(after.replies[0]["job"])
+    assert (image["model"], image["model_version"]) == ("sd3q8", "v1")
