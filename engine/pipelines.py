@@ -165,7 +165,7 @@ def load(spec: str, device_setting: str = "auto", dtype_setting: str = "auto",
         if quantized:
             raise MemoryModeError(f"{spec}: a .gguf file is quantized already (leave "
                                   "quantize: none)")
-        text2img = _gguf(Path(source), config, dtype)
+        text2img = _gguf(Path(source), folder, dtype)
     elif Path(source).is_file():
         if quantized:
             raise MemoryModeError(
@@ -223,17 +223,18 @@ def _single_file(path: Path, config: str, dtype: torch.dtype) -> DiffusionPipeli
                          f" (a checkpoint of another family or size?): {error}") from error
 
 
-def _gguf(path: Path, config: str, dtype: torch.dtype) -> DiffusionPipeline:
+def _gguf(path: Path, config: Path | None, dtype: torch.dtype) -> DiffusionPipeline:
     """A denoiser quantized in a GGUF file, as pre-quantized FLUX.1 and SD 3.5 denoisers are
     shared (Q8_0, Q4_K and the rest; diffusers dequantizes each layer as it runs); the rest of
-    the pipeline (text encoders, VAE, scheduler) from `config`, the same model's diffusers
-    folder or hub id, whose own denoiser weights are not read."""
+    the pipeline (text encoders, VAE, scheduler) from `config`, a local diffusers copy of the
+    same model, whose own denoiser weights are not read."""
     import diffusers
     from diffusers import GGUFQuantizationConfig
 
-    if not config:
-        raise ValueError(f"{path.name} holds only a denoiser: give the model a config (the "
-                         "same model's diffusers folder or hub id) for the rest")
+    if config is None:
+        raise ValueError(f"{path.name} holds only a denoiser: give the model a config (a "
+                         "local diffusers copy of the same model) for the rest")
+    _check_config_folder(config)
     index = DiffusionPipeline.load_config(config)
     part = next((name for name in ("transformer", "unet") if name in index), None)
     if part is None:
@@ -241,14 +242,13 @@ def _gguf(path: Path, config: str, dtype: torch.dtype) -> DiffusionPipeline:
     denoiser_class = getattr(diffusers, index[part][1])
     try:
         denoiser = denoiser_class.from_single_file(
-            str(path), config=config, subfolder=part, torch_dtype=dtype,
+            str(path), config=str(config), subfolder=part, torch_dtype=dtype,
             quantization_config=GGUFQuantizationConfig(compute_dtype=dtype))
     except (IndexError, KeyError, RuntimeError) as error:
         raise ValueError(f"{path} does not fit the {part} configured in {config}: "
                          f"{error}") from error
-    folder = Path(config) if Path(config).is_dir() else None
     return AutoPipelineForText2Image.from_pretrained(config, dtype=dtype, **{part: denoiser},
-                                                     **absent_components(folder))
+                                                     **absent_components(config))
 
 
 def _check_config_folder(folder: Path) -> None:
