@@ -515,9 +515,7 @@ class Engine:
                                                params.prompt or "", params.seed + index,
                                                params.steps, on_step))
         checker = getattr(pipes.text2img, "safety_checker", None)
-        flagged = (_flagged(pipes.text2img, checker, images) if checker is not None
-                   else [False] * len(images))
-        return list(zip(images, flagged, strict=True))
+        return list(zip(images, _flagged(pipes.text2img, checker, images), strict=True))
 
     def upscaler(self, pipes: Pipelines) -> Upscaler:
         """engine.upscaler, loaded once; one that cannot load fails each upscale with why."""
@@ -664,9 +662,10 @@ def _plans_of(batch: list[Slot]) -> list[Plan]:
 
 
 def _flagged(pipe: Any, checker: Any, images: list[Image.Image]) -> list[bool]:
-    """What the pipeline's own safety checker (SD 1.x and 2.x ship one) says of each image."""
+    """What the pipeline's own safety checker (SD 1.x and 2.x ship one) says of each image;
+    none flagged where it has none."""
     extractor = getattr(pipe, "feature_extractor", None)
-    if extractor is None:
+    if checker is None or extractor is None:
         return [False] * len(images)
     device = getattr(pipe, "_execution_device", None) or next(checker.parameters()).device
     dtype = next(checker.parameters()).dtype

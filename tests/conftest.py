@@ -223,3 +223,11 @@ class Recorder:
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     return write_config(tmp_path)
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No download, here or in a console subprocess: huggingface_hub reads the variable at
+    import, so this process is told directly too."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)

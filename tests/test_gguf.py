@@ -22,10 +22,7 @@ from tests.gguf_file import write_gguf
 PROMPT = "a red circle on a blue background"
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py
 
 
 def picture(pipes) -> Image.Image:

@@ -24,12 +24,7 @@ from tests.single_file import write_original_checkpoint
 COMPONENTS = ("unet", "vae", "text_encoder")
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No download, here or in a console subprocess: huggingface_hub reads the variable at
-    import, so this process is told directly too."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py
 
 
 def assert_same_weights(one: Pipelines, other: Pipelines) -> None:

@@ -46,7 +46,7 @@ class Privacy:
             if not left:
                 await db.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
                 uploads = _uploads_of([job])
-        await self._drop_files([image.blob for image in [image]] + uploads)
+        await self._drop_files([image.blob, *uploads])
         return Deleted(image, job)
 
     async def set_training(self, user_id: int, allowed: bool) -> None:
@@ -74,7 +74,7 @@ class Privacy:
                 "SELECT platform, platform_user_id FROM users WHERE id = ?",
                 (user_id,)) as cursor:
             platform, platform_user_id = await cursor.fetchone()
-        jobs = [job for job in await self.store.jobs_of(user_id)]
+        jobs = await self.store.jobs_of(user_id)
         async with self.store.transaction() as db:
             await self._drop_images(db, [image.id for image in images])
             await db.execute("DELETE FROM ratings WHERE user_id = ?", (user_id,))
