@@ -19,12 +19,13 @@ RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /app
-# torch first and pinned, in its own layer: it is the big one and changes least.
-RUN pip install torch==2.13.0
+# torch first and pinned, in its own layer: it is the big one and changes least. torchvision
+# is the one built for that torch: spandrel needs it, for engine.upscaler's ESRGAN-family files.
+RUN pip install torch==2.13.0 torchvision==0.28.0
 COPY pyproject.toml README.md ./
 COPY bot bot
 COPY engine engine
-RUN pip install .
+RUN pip install '.[upscale]'
 COPY config.yaml ./
 
 # The database, the images and downloaded model weights live here; mount it to keep them.

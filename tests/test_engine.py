@@ -29,12 +29,12 @@ class Harness:
     """An Engine fed from a list, recording what it sends; `on_send` may react mid-run. Its
     pictures, in and out, live in a blob store in `folder`."""
 
-    def __init__(self, pipelines, folder: Path, max_batch: int) -> None:
+    def __init__(self, pipelines, folder: Path, max_batch: int, upscaler: str = "") -> None:
         self.sent: list[protocol.FromEngine] = []
         self.inbox: queue.Queue = queue.Queue()
         self.on_send = lambda message: None
         self.blobs = LocalBlobs(folder)
-        self.engine = Engine(pipelines, self.blobs, max_batch, self._send, self.inbox)
+        self.engine = Engine(pipelines, self.blobs, max_batch, self._send, self.inbox, upscaler)
 
     def _send(self, message: protocol.FromEngine) -> None:
         self.sent.append(message)

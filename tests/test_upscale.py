@@ -5,23 +5,63 @@ And --strength on /inpaint."""
 
 from __future__ import annotations
 
-import importlib.util
+import enum
+import importlib
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 from PIL import Image
 
+from engine.pipelines import load
 from engine.shapes import checker
 from engine.upscaler import UpscalerError, load_upscaler
 from tests.conftest import job_row, run_console, write_config
+from tests.esrgan_file import write_nearest_esrgan
+from tests.test_engine import Harness, job
 from tests.tiny_upscaler import write_tiny_x4_upscaler
 
 
 def seen(record: dict) -> tuple[str, str, str]:
     found = checker.read(Image.open(record["path"]).convert("RGB"))
     return found.colour, found.shape, found.background
+
+
+def imports(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except Exception:  # missing, or (torchvision) built for another torch
+        return False
+    return True
+
+
+@pytest.fixture
+def spandrel(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """spandrel, imported for one test. It imports torchvision for two architectures (LaMa's
+    rotation, RestoreFormer's normalisation) that ESRGAN never uses, and no torchvision imports
+    beside the CPU torch ./canvas pins: there, stand-ins for those names, which fail if called,
+    are in sys.modules while spandrel imports. Afterwards both are gone again, so the rest of
+    this process, diffusers' and transformers' torchvision checks included, sees neither."""
+    before = set(sys.modules)
+    if not imports("torchvision"):
+        functional = ModuleType("torchvision.transforms.functional")
+        functional.InterpolationMode = enum.Enum("InterpolationMode", "NEAREST BILINEAR BICUBIC")
+
+        def absent(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("torchvision is a test's stand-in here")
+
+        functional.rotate = functional.normalize = absent
+        for name, module in (("torchvision", ModuleType("torchvision")),
+                             ("torchvision.transforms", ModuleType("torchvision.transforms")),
+                             ("torchvision.transforms.functional", functional)):
+            monkeypatch.setitem(sys.modules, name, module)
+    yield importlib.import_module("spandrel")
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
 
 
 def test_upscale_doubles_or_quadruples_the_picture_and_keeps_what_it_shows(
@@ -92,6 +132,32 @@ def test_with_an_sd_x4_upscaler_configured_upscales_are_its_own(tmp_path: Path) 
     assert "upscales use x4-upscaler (SD x4 upscaler)" in run.stderr
 
 
+def test_with_an_esrgan_file_configured_upscales_are_its_work(
+        tmp_path: Path, spandrel: ModuleType, caplog: pytest.LogCaptureFixture) -> None:
+    """engine.upscaler naming a Real-ESRGAN file, which spandrel loads, in an engine on the
+    bundled model. The file's weights enlarge by nearest neighbour (tests/esrgan_file.py), so at
+    4× every pixel of the picture is a 4×4 block of the result, which no hires fix draws; 2× is
+    that made half as large."""
+    upscaler = write_nearest_esrgan(tmp_path / "RealESRGAN_x4-toy.safetensors")
+    harness = Harness(load("bundled:shapes", "cpu"), tmp_path / "blobs", max_batch=4,
+                      upscaler=str(upscaler))
+    caplog.set_level("INFO", logger="engine.worker")
+    drawn = harness.run(job(1, "txt2img", "a red circle on a blue background", seed=5))
+    [picture] = drawn[1].images
+    upscales = harness.run(*(
+        job(n, "img2img", "a red circle on a blue background", seed=5, image=picture.blob,
+            strength=0.3, scale=scale) for n, scale in ((2, 4), (3, 2))))
+    [four], [two] = upscales[2].images, upscales[3].images
+    source = harness.open(picture).convert("RGB")
+    blocks = source.resize((256, 256), Image.Resampling.NEAREST)
+    assert harness.open(four).convert("RGB").tobytes() == blocks.tobytes()
+    assert harness.open(two).size == (128, 128)
+    for image in (four, two):
+        found = checker.read(harness.open(image).convert("RGB"))
+        assert (found.colour, found.shape, found.background) == ("red", "circle", "blue")
+    assert "upscales use RealESRGAN_x4-toy (ESRGAN, 4×)" in caplog.text
+
+
 def test_an_upscaler_that_cannot_load_fails_the_upscale_clearly_and_the_bot_goes_on(
         tmp_path: Path) -> None:
     junk = tmp_path / "RealESRGAN_x4plus.pth"
@@ -101,8 +167,8 @@ def test_an_upscaler_that_cannot_load_fails_the_upscale_clearly_and_the_bot_goes
     assert first.returncode == 0, first.stderr
     run = run_console(config, ["/upscale 1", "/imagine a blue square --seed 1 --steps 2"])
     upscale, imagine = run.replies
-    # Here spandrel is not installed (it needs a torchvision that matches this CPU torch).
-    says = "cannot read" if importlib.util.find_spec("spandrel") else "install it beside"
+    # Here spandrel does not import: it needs a torchvision that matches this CPU torch.
+    says = "cannot read" if imports("spandrel") else "install it beside"
     assert says in run.failure(upscale["job"]) and "RealESRGAN_x4plus.pth" in run.failure(
         upscale["job"])
     assert run.images(imagine["job"])
