@@ -12,6 +12,7 @@ Redis going away is waited out; when it comes back, what it lost is sent again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -39,6 +40,9 @@ STOP_WAIT = 5.0  # seconds the bot's stop waits for its Redis tasks
 # Blobs up to this size are hashed and written on the event loop (well under a millisecond):
 # a trip to a thread and back costs more than that on a busy machine.
 INLINE_BLOBS = 256 * 1024
+# Passing events (Started, Progress) are acknowledged and deleted together, this long after
+# the first of them: not one Redis call each while the worker draws beside the bot.
+PASSING_SETTLE_DELAY = 0.5
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,7 @@ class RedisHub:
         # these instead of queuing them again.
         self.held: dict[int, str] = {}
         self._unsettled: dict[int, bytes] = {}  # id(event) -> its entry in EVENTS
+        self._passed: list[bytes] = []  # passing events' entries, to be dropped together
         # Jobs a worker that left still held, until each is taken back (its entry may be gone
         # with Redis' data, so its stream alone cannot say).
         self._orphans: dict[str, set[int]] = {}
@@ -139,6 +144,10 @@ class RedisHub:
                        asyncio.create_task(self._watch(), name="redis-workers")]
 
     async def stop(self) -> None:
+        if self._passed:  # else the next bot reads them again (and passes them by)
+            entries, self._passed = self._passed, []
+            with contextlib.suppress(asyncio.TimeoutError, redis_errors.RedisError):
+                await asyncio.wait_for(self._drop_event(*entries), RETRY)
         self._stopping = True  # no more tries: a cancel taken for an outage ends here too
         tasks = list(self._tasks)  # each removes itself from the list when done
         for task in tasks:
@@ -369,7 +378,9 @@ class RedisHub:
         if lasting:
             self._unsettled[id(message)] = entry_id
         else:  # passed on at once: dropping it is Redis' housekeeping, not the bot's news
-            self._in_background(self._drop_event(entry_id))
+            if not self._passed:
+                self._in_background(self._drop_passed())
+            self._passed.append(entry_id)
         if transport is not None:
             await transport.said.put(message)
         elif lasting:  # from a worker the bot does not know (yet, or any more)
@@ -389,11 +400,16 @@ class RedisHub:
         self._tasks.append(task)
         task.add_done_callback(self._tasks.remove)
 
-    async def _drop_event(self, entry_id: bytes) -> None:
+    async def _drop_passed(self) -> None:
+        await asyncio.sleep(PASSING_SETTLE_DELAY)
+        entries, self._passed = self._passed, []
+        await self._drop_event(*entries)
+
+    async def _drop_event(self, *entry_ids: bytes) -> None:
         async def drop() -> None:
             pipe = self.redis.pipeline()
-            pipe.xack(streams.EVENTS, streams.BOT_GROUP, entry_id)
-            pipe.xdel(streams.EVENTS, entry_id)
+            pipe.xack(streams.EVENTS, streams.BOT_GROUP, *entry_ids)
+            pipe.xdel(streams.EVENTS, *entry_ids)
             await pipe.execute()
 
         await self._patiently(drop)

@@ -4,6 +4,12 @@ stream, what it says sent back as events, and its heartbeat and leases kept up.
 Plain threads and redis-py's blocking client, beside the GPU-bound loop in engine/worker.py,
 which never waits on the network: a reader thread, a heartbeat thread, and `send`, called from
 the loop. Redis going away is waited out: each call is tried again until it answers.
+
+What the loop says goes out on one connection of its own (EventLine), in order. A passing
+event (Started, Progress) is written and not waited for, so a job's first step does not wait
+for Redis to answer its Started; what lasts (a result) waits for its answer, and so for every
+answer before it. A second thread to send them was tried and was slower: while the loop runs
+Python, any other thread waits up to the interpreter's 5 ms switch interval for its turn.
 """
 
 from __future__ import annotations
@@ -41,6 +47,80 @@ def default_name() -> str:
     return socket.gethostname()
 
 
+class EventLine:
+    """A connection on which commands are written without waiting for their replies, which
+    are read later (Redis answers one connection's commands in order). The engine loop's own
+    (and, while the model loads, the thread that says so)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.connection = client.connection_pool.make_connection()
+        self.owed = 0  # replies not read yet
+        self.lock = threading.Lock()
+
+    def tell(self, *command: Any) -> None:
+        """Write a command and go on; its reply is read at a later call."""
+        with self.lock:
+            self._tell(command)
+
+    def ask(self, *command: Any) -> Any:
+        """Write a command and wait for its reply, after every reply owed before it."""
+        with self.lock:
+            return self._ask(command)
+
+    def flush(self) -> None:
+        """Read every owed reply (before the worker says goodbye on another connection)."""
+        with self.lock:
+            try:
+                while self.owed:
+                    self._read_owed()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                self.reset()
+
+    def _tell(self, command: tuple) -> None:
+        try:
+            self._read_ready()
+            # No health check: its PING would read a reply owed to an earlier command.
+            self.connection.send_command(*command, check_health=False)
+            self.owed += 1
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            self.reset()
+            raise
+
+    def _ask(self, command: tuple) -> Any:
+        try:
+            self.connection.send_command(*command, check_health=False)
+            self.owed += 1
+            while self.owed > 1:
+                self._read_owed()
+            self.owed = 0
+            return self.connection.read_response()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            self.reset()
+            raise
+
+    def reset(self) -> None:
+        """The connection broke: what it owed is lost with it (passing events only; a
+        lasting one is asked again)."""
+        self.connection.disconnect()
+        self.owed = 0
+
+    def _read_ready(self) -> None:
+        """The replies that have come; and a connection Redis closed (it stopped) is found
+        here, by the poll, before an event is written into it and lost."""
+        while self.connection.can_read(timeout=0):
+            if self.owed:
+                self._read_owed()
+            else:  # nothing is owed: not ours (RESP2 has no pushes), so drop it
+                self.connection.read_response()
+
+    def _read_owed(self) -> None:
+        self.owed -= 1
+        try:
+            self.connection.read_response()
+        except redis.exceptions.ResponseError as error:  # a passing event Redis refused
+            log.warning("Redis refused an event: %s", error)
+
+
 class RedisLink:
     def __init__(self, url: str, name: str, device: str, blobs: LocalBlobs,
                  lease: float) -> None:
@@ -61,7 +141,7 @@ class RedisLink:
         self.input_uses: Counter[str] = Counter()
         self._progress_sent: dict[int, float] = {}  # job id -> when its progress last went
         self.stopping = threading.Event()
-        self._finish = self.redis.register_script(streams.FINISH)
+        self.line = EventLine(self.redis)  # what the engine loop says
         self._renew = self.redis.register_script(streams.RENEW)
         self._lock = threading.Lock()
 
@@ -103,9 +183,10 @@ class RedisLink:
     def stop(self) -> None:
         """Gone on purpose: the bot takes back at once what this worker still holds."""
         self.stopping.set()
+        self.line.flush()
         try:
             self.redis.delete(streams.heartbeat(self.id))
-            self._event({"bye": "1"})
+            self.redis.xadd(streams.EVENTS, {"bye": "1", "w": self.id})
         except redis.exceptions.RedisError as error:
             log.warning("could not say goodbye to Redis: %s", error)
 
@@ -187,7 +268,11 @@ class RedisLink:
             return  # the bot orders this worker's jobs by what it hands out
         if isinstance(message, protocol.Progress) and not self._progress_due(message):
             return
-        self._event({"m": protocol.encode(message)}, message)
+        fields = streams.entry(message, self.blobs, w=self.id)
+        if isinstance(message, PASSING):
+            self._tell(fields)
+        else:
+            self._event(fields)
 
     def _progress_due(self, message: protocol.Progress) -> bool:
         """A job's progress at most every PROGRESS_INTERVAL (and always its last step): chat
@@ -202,12 +287,16 @@ class RedisLink:
             self._progress_sent.pop(message.job_id, None)
         return True
 
-    def _event(self, fields: dict, message: protocol.FromEngine | None = None) -> None:
-        if message is not None:
-            fields = streams.entry(message, self.blobs, w=self.id)
-        else:
-            fields = {**fields, "w": self.id}
-        self._patiently(lambda: self.redis.xadd(streams.EVENTS, fields))
+    def _tell(self, fields: dict) -> None:
+        """A passing event, not waited for; if Redis cannot be reached, it is sent the patient
+        way (the loop waits out the outage, as for any event)."""
+        try:
+            self.line.tell("XADD", streams.EVENTS, "*", *_pairs(fields))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            self._event(fields)
+
+    def _event(self, fields: dict) -> None:
+        self._patiently(lambda: self.line.ask("XADD", streams.EVENTS, "*", *_pairs(fields)))
 
     def _finish_job(self, message: protocol.Result | protocol.Failed) -> None:
         with self._lock:
@@ -218,10 +307,11 @@ class RedisLink:
         if entry_id is None:
             return
         fields = streams.entry(message, self.blobs, w=self.id)
-        pairs = [item for pair in fields.items() for item in pair]
-        kept = self._patiently(lambda: self._finish(
-            keys=[self.inbox_key, streams.EVENTS],
-            args=[streams.WORKER_GROUP, self.id, entry_id, *pairs]))
+        # EVAL with the script itself, not EVALSHA: Redis keeps compiled scripts by their hash
+        # anyway, and one restarted without them needs no second try.
+        kept = self._patiently(lambda: self.line.ask(
+            "EVAL", streams.FINISH, 2, self.inbox_key, streams.EVENTS,
+            streams.WORKER_GROUP, self.id, entry_id, *_pairs(fields)))
         if not kept:
             log.warning("job %d was taken back by the bot (this worker's lease lapsed); its "
                         "result is dropped, another worker makes it", message.job_id)
@@ -244,3 +334,11 @@ class RedisLink:
             pipe.execute()
 
         self._patiently(settle)
+
+
+# What the engine says in passing: the bot acts on it at once and no later step depends on it.
+PASSING = (protocol.Started, protocol.Progress, protocol.TrainProgress)
+
+
+def _pairs(fields: dict) -> list:
+    return [item for pair in fields.items() for item in pair]
