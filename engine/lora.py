@@ -110,8 +110,11 @@ class Adapters:
         prefix = next((part for part in ("unet", "transformer")
                        if any(key.startswith(f"{part}.") for key in state)), None)
         try:
-            self.denoiser.load_lora_adapter(state, network_alphas=alphas, adapter_name=adapter,
-                                            prefix=prefix)
+            # Called while a batch generates: its weights must not be inference tensors,
+            # which a later /retrain's new adapter could not switch training on for.
+            with torch.inference_mode(False):
+                self.denoiser.load_lora_adapter(state, network_alphas=alphas,
+                                                adapter_name=adapter, prefix=prefix)
         except Exception as error:
             with contextlib.suppress(Exception):
                 self.denoiser.delete_adapters(adapter)

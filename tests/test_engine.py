@@ -18,6 +18,7 @@ from engine.params import Params
 from engine.pipelines import fit_size, load
 from engine.shapes import MODEL_DIR
 from engine.worker import Engine
+from tests.lora_file import write_random_lora
 
 
 @pytest.fixture(scope="module")
@@ -329,3 +330,47 @@ def test_one_image_out_of_memory_falls_back_to_offload_once_then_fails(pipelines
         assert failed.job_id == 2 and "does not fit" in failed.error and offloaded == ["model"]
     finally:
         pipelines.offload = "none"  # the module's shared model, for the tests after this one
+
+
+def test_jobs_with_different_loras_are_batched_apart_and_draw_as_they_would_alone(tmp_path):
+    """Adapters are the model's, not each picture's: a batch shares its LoRAs. Fresh
+    pipelines, since the LoRAs stay loaded on them."""
+    jobs, sizes, pixels = [], {}, {}
+    for max_batch in (4, 1):
+        harness = Harness(load("bundled:shapes", "cpu"), tmp_path / f"batch-{max_batch}",
+                          max_batch)
+        ink, wash = (harness.blobs.put(write_random_lora(tmp_path / f"{name}.safetensors",
+                                                         seed=seed).read_bytes(),
+                                       ".safetensors")
+                     for name, seed in (("ink", 0), ("wash", 1)))
+        jobs = [job(n, "txt2img", "a red circle on a blue background", seed=3, steps=6,
+                    loras=loras)
+                for n, loras in ((1, (("ink", 1.0, ink),)), (2, (("ink", 1.0, ink),)),
+                                 (3, (("wash", 1.0, wash),)), (4, None),
+                                 (5, (("ink", 0.5, ink),)))]
+        results = harness.run(*jobs)
+        sizes[max_batch] = sorted(m.batch_size for m in harness.of_type(protocol.Started))
+        pixels[max_batch] = {n: harness.pixels(results[n].images[0]) for n in results}
+    assert sizes[4] == [1, 1, 1, 2, 2]  # only the two jobs with the same LoRA shared a batch
+    for n in pixels[1]:
+        assert np.abs(pixels[4][n] - pixels[1][n]).max() <= 1, n
+    # The LoRAs do change the picture, each its own way (the comparison is not vacuous).
+    assert np.abs(pixels[1][1] - pixels[1][4]).mean() > 2
+    assert np.abs(pixels[1][1] - pixels[1][3]).mean() > 2
+
+
+def test_retraining_after_a_job_with_a_lora_by_name_trains_and_saves(tmp_path):
+    """A job's LoRA is loaded while its batch generates; a /retrain after it adds a new
+    adapter beside it, which fails if that LoRA's weights were made in inference mode."""
+    harness = Harness(load("bundled:shapes", "cpu"), tmp_path, max_batch=1)
+    ink = harness.blobs.put(write_random_lora(tmp_path / "ink.safetensors").read_bytes(),
+                            ".safetensors")
+    drawn = harness.run(job(1, "txt2img", "a red circle", seed=1, steps=4,
+                            loras=(("ink", 1.0, ink),)))
+    example = protocol.TrainExample(drawn[1].images[0].blob, "a red circle", 1.0)
+    harness.engine.start_training(protocol.Train(1, "v1", (), (example,) * 2, steps=2, rank=2))
+    while harness.engine.trainer is not None:
+        harness.engine.train_slice()
+    assert not harness.of_type(protocol.TrainFailed)
+    [done] = harness.of_type(protocol.TrainDone)
+    assert harness.blobs.has(done.adapter)
