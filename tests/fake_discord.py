@@ -260,9 +260,11 @@ class FakeDiscord:
             attachment["width"], attachment["height"] = size
         return attachment
 
-    async def slash(self, name: str, user: int, *, age: float = 0, **options: Any) -> Interaction:
+    async def slash(self, name: str, user: int, *, age: float = 0,
+                    age_restricted: bool = False, **options: Any) -> Interaction:
         """Run `/name option=value…` as `user`, typed by the synced command's option types.
-        `age` makes the interaction that many seconds old (its token expires sooner)."""
+        `age` makes the interaction that many seconds old (its token expires sooner);
+        `age_restricted`: the channel is marked so (Discord's "nsfw")."""
         command = self.commands[name]
         known = {option["name"]: option for option in command.get("options", [])}
         sent, attachments = [], {}
@@ -277,7 +279,7 @@ class FakeDiscord:
         data = {"id": str(snowflake()), "name": name, "type": 1, "options": sent}
         if attachments:
             data["resolved"] = {"attachments": attachments}
-        return await self._interact(2, data, user, age)
+        return await self._interact(2, data, user, age, age_restricted=age_restricted)
 
     async def autocomplete(self, name: str, user: int, option: str, typed: str) -> Interaction:
         """Type `typed` into `option` of `/name`; the bot answers with choices (callback 8)."""
@@ -294,7 +296,8 @@ class FakeDiscord:
         return await self._interact(3, data, user, 0, message.payload())
 
     async def _interact(self, kind: int, data: dict[str, Any], user: int, age: float,
-                        message: dict[str, Any] | None = None) -> Interaction:
+                        message: dict[str, Any] | None = None,
+                        age_restricted: bool = False) -> Interaction:
         interaction = Interaction(snowflake(time.time() - age), secrets.token_urlsafe(48), user,
                                   time.monotonic())
         self.interactions[interaction.token] = interaction
@@ -304,7 +307,7 @@ class FakeDiscord:
             "channel_id": str(CHANNEL_ID),
             "channel": {"id": str(CHANNEL_ID), "type": 0, "name": "art",
                         "guild_id": str(GUILD_ID), "position": 0, "permission_overwrites": [],
-                        "nsfw": False, "parent_id": None},
+                        "nsfw": age_restricted, "parent_id": None},
             "member": {"user": user_payload(user, f"user{user}"), "roles": [], "deaf": False,
                        "mute": False, "joined_at": "2024-01-01T00:00:00+00:00", "flags": 0,
                        "permissions": "2248473465835073"},

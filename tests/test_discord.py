@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 import pytest_asyncio
 from PIL import Image
@@ -40,6 +41,8 @@ from tests.fake_discord import (
     Interaction,
     Message,
 )
+from tests.lora_file import write_random_lora
+from tests.test_safety import flagging_model
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -67,10 +70,22 @@ class World:
             self.folder,
             discord={"token": BOT_TOKEN, "api_base_url": self.fake.api_base_url,
                      "gateway_url": self.fake.gateway_url, "guild_ids": [GUILD_ID]},
-            admins={"discord": [ADMIN]}, engine={"max_batch": 1},
+            admins={"discord": [ADMIN]},
+            engine={"max_batch": 1, "loras": str(self.loras()), "models": {
+                "shapes": {"source": "bundled:shapes"},
+                "shapes-sd3": {"source": "bundled:shapes-sd3"},
+                "checked": {"source": str(flagging_model(self.folder))}}},
             web={"listen": f"127.0.0.1:{free_port()}"},
             limits={"max_image_bytes": MAX_IMAGE_BYTES, "max_image_pixels": MAX_IMAGE_PIXELS})
         self.settings = load_settings(config)
+
+    def loras(self) -> Path:
+        """engine.loras: one LoRA for the bundled model, "ink", and two names that share a
+        prefix with it."""
+        folder = self.folder / "loras"
+        for name, seed in (("ink", 0), ("inkwash", 1), ("indigo", 2)):
+            write_random_lora(folder / f"{name}.safetensors", seed=seed)
+        return folder
 
     async def start_bot(self) -> None:
         self.store = await Store.open(self.settings.storage.db)
@@ -284,7 +299,10 @@ async def test_vary_reroll_and_rating_buttons_work_for_anyone(world: World):
     [upscale_job] = world.db("SELECT * FROM jobs WHERE origin LIKE ?", f"%{upscaled.id}%")
     assert (upscale_job["width"], upscale_job["height"]) == (128, 128)
     assert upscale_job["source_image_id"] == image_id
-    assert picture(upscale_result).size[0] >= 256  # 128 px, enlarged for the chat
+    upscaled_id = int(upscale_result.custom_ids[0].split(":")[2])
+    [stored] = world.db("SELECT width, height FROM images WHERE id = ?", upscaled_id)
+    assert (stored["width"], stored["height"]) == (128, 128)
+    assert_matches(picture(upscale_result), "circle", "red", "blue")  # still the same picture
     [reroll_job] = world.db("SELECT * FROM jobs WHERE origin LIKE ?", f"%{rerolled.id}%")
     seeds = [Params.from_json(job["params"]).seed for job in (reroll_job, source)]
     assert reroll_job["prompt"] == source["prompt"] and seeds[0] != seeds[1]
@@ -341,31 +359,49 @@ async def test_delete_empties_the_picture_s_message_and_only_its_owner_may(world
     await world.fake.wait_for(lambda: result.content == f"Image #{image_id} was deleted.")
     assert result.files == [] and result.custom_ids == [] and result.embeds == []
     assert world.db("SELECT * FROM images WHERE id = ?", image_id) == []
+    for command, options in (("vary", {"id": str(image_id)}),
+                             ("rate", {"image": str(image_id), "score": 5}),
+                             ("upscale", {"image": str(image_id)})):
+        refused = await world.answer(await world.fake.slash(command, ALICE, **options))
+        assert_ephemeral_error(refused, f"no image #{image_id}")
+    history = await world.answer(await world.fake.slash("history", ALICE))
+    assert history.ephemeral and f"image #{image_id} " not in history.content
 
 
 async def test_forgetme_asks_with_a_button_only_its_asker_may_press(world: World):
+    await world.answer(await world.fake.slash("optout", CAROL))
+    carol = str(CAROL)
+    assert world.db("SELECT trains FROM users WHERE platform_user_id = ?", carol)[0][0] == 0
+    made = await world.result(await world.fake.slash("imagine", CAROL, prompt="a green circle",
+                                                     steps=FAST))
+    image_id = int(made.custom_ids[0].split(":")[2])
     asked = await world.answer(await world.fake.slash("forgetme", CAROL))
     assert asked.ephemeral and "cannot be undone" in asked.content
     assert asked.custom_ids == [f"mc:forget:{CAROL}"]
-    await world.answer(await world.fake.slash("optout", CAROL))
-    assert world.db("SELECT trains FROM users WHERE platform_user_id = ?",
-                    str(CAROL))[0][0] == 0
+
+    by_bob = await world.answer(await world.fake.press(asked, f"mc:forget:{CAROL}", BOB))
+    assert_ephemeral_error(by_bob, "for the one who sent /forgetme")
+    assert world.db("SELECT * FROM users WHERE platform_user_id = ?", carol)
+    confirmed = await world.answer(await world.fake.press(asked, f"mc:forget:{CAROL}", CAROL))
+    assert confirmed.ephemeral and "I have forgotten you" in confirmed.content
+    assert world.db("SELECT * FROM users WHERE platform_user_id = ?", carol) == []
+    assert world.db("SELECT * FROM images WHERE id = ?", image_id) == []
 
 
-async def test_a_picture_the_safety_checker_flagged_is_posted_as_a_spoiler(world: World):
-    result = await world.result(await world.fake.slash("imagine", ALICE, prompt="a red square",
-                                                       steps=FAST))
+async def test_a_flagged_picture_is_refused_but_a_spoiler_in_an_age_restricted_channel(
+        world: World):
+    """The "checked" model's safety checker flags every picture (tests/test_safety.py)."""
+    asked = await world.fake.slash("imagine", ALICE, prompt="a red square", model="checked",
+                                   steps=FAST)
+    await world.fake.wait_for(lambda: asked.original and any(
+        "safety checker flagged" in edit["content"] for edit in asked.original.edits))
+    assert not any(m.files for m in asked.followups)
+    hidden = await world.fake.slash("imagine", ALICE, prompt="a red circle on a blue background",
+                                    model="checked", seed=4, age_restricted=True)
+    result = await world.result(hidden)
     image_id = int(result.custom_ids[0].split(":")[2])
-    [image] = await world.store.images_for_job(
-        (await world.store.get_image(image_id)).job_id)
-    job = await world.store.get_job(image.job_id)
-    before = len(world.fake.channel_messages())
-    await world.adapter.delivery._to_channel(job, {"content": "again"},
-                                             world.adapter.delivery._pngs(
-                                                 [replace(image, flagged=True)]))
-    posted = world.fake.channel_messages()[before]
-    assert [f.filename for f in posted.files] == [f"SPOILER_canvas-{image_id}.png"]
-    del world.fake.messages[posted.id]  # later tests count the channel's pictures
+    assert [f.filename for f in result.files] == [f"SPOILER_canvas-{image_id}.png"]
+    assert_matches(picture(result), "circle", "red", "blue")  # the picture, only hidden
 
 
 async def test_style_option_autocompletes_the_style_names(world: World):
@@ -373,6 +409,24 @@ async def test_style_option_autocompletes_the_style_names(world: World):
     await world.fake.wait_for(lambda: typed.callback)
     names = [choice["value"] for choice in typed.callback["data"]["choices"]]
     assert names == ["photo", "pixel-art"]
+
+
+async def test_loras_by_name_autocomplete_are_listed_and_change_the_picture(world: World):
+    typed = await world.fake.autocomplete("imagine", ALICE, "loras", "ink:0.5, ink")
+    await world.fake.wait_for(lambda: typed.callback)
+    names = [choice["value"] for choice in typed.callback["data"]["choices"]]
+    assert names == ["ink:0.5, ink", "ink:0.5, inkwash"]  # the last name typed, completed
+    listing = await world.answer(await world.fake.slash("loras", ALICE))
+    assert "ink · for Stable Diffusion 1.x/2.x" in listing.content
+    scene = {"prompt": "a red circle on a blue background", "seed": 11, "steps": 10}
+    plain = await world.result(await world.fake.slash("imagine", ALICE, **scene))
+    inked = await world.result(await world.fake.slash("imagine", ALICE, **scene, loras="ink"))
+    difference = np.abs(np.asarray(picture(plain), dtype=float)
+                        - np.asarray(picture(inked), dtype=float)).mean()
+    assert difference > 2, difference  # the LoRA changed the picture
+    missing = await world.answer(await world.fake.slash("imagine", ALICE, prompt="a red circle",
+                                                        loras="nope"))
+    assert_ephemeral_error(missing, "no LoRA 'nope'")
 
 
 async def test_rate_command_and_history_answer_only_the_user(world: World):
@@ -452,7 +506,7 @@ async def test_bad_options_get_an_ephemeral_answer(world: World):
     assert_ephemeral_error(blank, "Please describe the picture")
     wrong_model = await world.answer(await world.fake.slash("imagine", ALICE, prompt="a cat",
                                                             model="sdxl"))
-    assert_ephemeral_error(wrong_model, "no model 'sdxl'", "shapes, shapes-sd3")
+    assert_ephemeral_error(wrong_model, "no model 'sdxl'", "shapes, checked, shapes-sd3")
     nothing = await world.answer(await world.fake.slash("vary", ALICE))
     assert_ephemeral_error(nothing, "Which picture should I vary?")
 

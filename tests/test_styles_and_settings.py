@@ -62,9 +62,14 @@ def test_a_chat_s_defaults_apply_and_a_user_s_options_win(config: Path) -> None:
         "/settings --model nope",
         "/settings reset",
         "/imagine a white triangle on a black background",
+        "/settings --model shapes-sd3",
+        "/imagine a red circle --steps 4",
+        "/imagine a red circle --steps 4 --model shapes",
+        "/settings reset",
     ])
     assert run.returncode == 0, run.stderr
-    empty, saved, by_chat, by_user, bad_style, bad_model, reset, after = run.replies
+    (empty, saved, by_chat, by_user, bad_style, bad_model, reset, after, model_saved,
+     chat_model, user_model, _) = run.replies
     assert "no defaults of its own" in empty["text"]
     assert "style green-bg" in saved["text"] and "aspect 16:9" in saved["text"]
     [chat_image] = run.images(by_chat["job"])
@@ -83,6 +88,9 @@ def test_a_chat_s_defaults_apply_and_a_user_s_options_win(config: Path) -> None:
     [plain] = run.images(after["job"])
     assert plain["prompt"] == "a white triangle on a black background"
     assert (plain["width"], plain["height"]) == (64, 64)
+    assert "model shapes-sd3" in model_saved["text"]
+    assert [json.loads(job_row(db, reply["job"])["resolved"])["checkpoint"]
+            for reply in (after, chat_model, user_model)] == ["shapes", "shapes-sd3", "shapes"]
 
 
 def test_bad_styles_in_the_config_are_refused_with_the_key(tmp_path: Path) -> None:

@@ -10,9 +10,10 @@ import io
 import re
 import sqlite3
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pytest
 import pytest_asyncio
 from PIL import Image
@@ -27,6 +28,8 @@ from engine.params import Params
 from engine.shapes import checker
 from tests import fake_telegram as tg
 from tests.conftest import LogLines, capture_logs, fast_telegram_adapter, job_row, write_config
+from tests.lora_file import write_random_lora
+from tests.test_safety import flagging_model
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -85,6 +88,10 @@ async def canvas(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Canv
     config = write_config(
         folder, telegram={"token": tg.TOKEN, "api_base_url": fake.url},
         admins={"telegram": [tg.ADMIN["id"]]},
+        engine={"loras": str(write_random_lora(folder / "loras" / "ink.safetensors").parent),
+                "models": {"shapes": {"source": "bundled:shapes"},
+                           "shapes-sd3": {"source": "bundled:shapes-sd3"},
+                           "checked": {"source": str(flagging_model(folder))}}},
         limits={"max_image_bytes": MAX_IMAGE_BYTES, "max_image_pixels": MAX_IMAGE_PIXELS})
     settings = load_settings(config)
     with capture_logs() as logs:
@@ -250,10 +257,19 @@ async def test_vary_by_button_by_reply_and_by_caption(canvas: Canvas) -> None:
     assert Params.from_json(jobs[1]["params"]).strength == 0.5
     assert jobs[2]["prompt"] == "a blue circle"
 
+    await canvas.fake.push(tg.button_press(photo_message, f"v:{image_id}:s", user=tg.BOB))
+    subtle = await canvas.fake.wait_for(
+        "sendPhoto", lambda c: tg.replied_to(c) == photo_message["message_id"] and c.result
+        and c is not by_button)
+    job = canvas.job(int(_job_of(canvas, subtle)))
+    assert Params.from_json(job["params"]).strength == cmd.VARY_STRENGTHS["subtle"]
+
 
 async def test_upscale_by_button_and_by_reply_sends_a_picture_twice_as_large(
         canvas: Canvas) -> None:
-    photo_message, image_id = await picture(canvas, "a red circle on a blue background")
+    sent = await canvas.say("/imagine a red circle on a blue background --seed 5")
+    call, photo_message = await canvas.photo_for(sent)
+    image_id = canvas.image_id(call)
     await canvas.fake.push(tg.button_press(photo_message, f"u:{image_id}", user=tg.BOB))
     by_button, _ = await canvas.photo_for(photo_message)
     reply = await canvas.say("/upscale --scale 4", reply_to=photo_message)
@@ -263,6 +279,11 @@ async def test_upscale_by_button_and_by_reply_sends_a_picture_twice_as_large(
         assert (job["width"], job["height"]) == (64 * scale, 64 * scale)
         assert job["source_image_id"] == image_id
         assert Params.from_json(job["params"]).scale == scale
+        [(width,)] = canvas.store_rows(
+            f"SELECT width FROM images WHERE id = {canvas.image_id(call)}")
+        assert width == 64 * scale
+        # What the user gets is still the picture they upscaled.
+        assert_shows(call.upload("photo"), "a red circle on a blue background", 64 * scale)
 
 
 def _job_of(canvas: Canvas, call: tg.Call) -> int:
@@ -399,6 +420,20 @@ async def test_a_group_s_defaults_apply_there_and_a_user_s_options_win(canvas: C
     assert "no defaults of its own" in (await canvas.reply_to(reset))["text"]
 
 
+async def test_a_lora_by_name_is_listed_and_changes_the_picture(canvas: Canvas) -> None:
+    listing = await canvas.reply_to(await canvas.say("/loras"))
+    assert "ink · for Stable Diffusion 1.x/2.x" in listing["text"]
+    scene = "/imagine a red circle on a blue background --seed 11 --steps 10"
+    plain, inked = [(await canvas.photo_for(await canvas.say(text)))[0]
+                    for text in (scene, f"{scene} --lora ink:1.0")]
+    pixels = [np.asarray(Image.open(io.BytesIO(call.upload("photo"))).convert("RGB"), dtype=float)
+              for call in (plain, inked)]
+    assert np.abs(pixels[0] - pixels[1]).mean() > 2  # the LoRA changed the picture
+    await canvas.say("/imagine a red circle --lora nope")
+    await canvas.fake.wait_for("editMessageText",  # its "Working on it…", answered
+                               lambda c: "There is no LoRA 'nope'" in c.params["text"])
+
+
 async def test_admin_commands_are_refused_to_others_and_help_speaks_of_telegram(
         canvas: Canvas) -> None:
     refused = await canvas.say("/retrain", user=tg.BOB, chat=tg.GROUP)
@@ -463,14 +498,22 @@ async def test_an_opted_out_user_s_ratings_are_left_out_of_the_next_retrain(
     assert "Now using base" in (await canvas.reply_to(undo))["text"]
 
 
-async def test_a_picture_the_safety_checker_flagged_is_sent_as_a_spoiler(canvas: Canvas) -> None:
-    _, image_id = await picture(canvas)
-    [(job_id,)] = canvas.store_rows(f"SELECT job_id FROM images WHERE id = {image_id}")
-    job = await canvas.store.get_job(job_id)
-    [image] = await canvas.store.images_for_job(job_id)
-    await canvas.adapter.deliver_images(job, [replace(image, flagged=True)])
-    again = await canvas.fake.wait_for("sendPhoto", lambda c: c.params.get("has_spoiler"))
-    assert canvas.image_id(again) == image_id
+async def test_a_flagged_picture_is_refused_but_hidden_in_a_group_that_allows_spoilers(
+        canvas: Canvas) -> None:
+    """The "checked" model's safety checker flags every picture (tests/test_safety.py)."""
+    prompt = "/imagine a red circle on a blue background --seed 4 --model checked"
+    refused = await canvas.say(prompt)
+    await canvas.fake.wait_for("editMessageText",
+                               lambda c: "safety checker flagged" in c.params["text"])
+    allowed = await canvas.say("/settings --safety spoiler", user=tg.ADMIN, chat=tg.GROUP)
+    assert "sent hidden, as spoilers" in (await canvas.reply_to(allowed))["text"]
+    hidden = await canvas.say(prompt, chat=tg.GROUP)
+    call, _ = await canvas.photo_for(hidden)
+    assert str(call.params.get("has_spoiler")).lower() == "true"
+    assert_shows(call.upload("photo"), "a red circle on a blue background", 64)
+    assert not [c for c in canvas.fake.called("sendPhoto")
+                if tg.replied_to(c) == refused["message_id"]]
+    await canvas.reply_to(await canvas.say("/settings reset", user=tg.ADMIN, chat=tg.GROUP))
 
 
 async def test_delete_replaces_the_photo_and_only_its_owner_may(canvas: Canvas) -> None:
@@ -488,6 +531,14 @@ async def test_delete_replaces_the_photo_and_only_its_owner_may(canvas: Canvas) 
     assert canvas.store_rows(f"SELECT * FROM images WHERE id = {image_id}") == []
     history = await canvas.say("/history")
     assert f"image #{image_id} " not in (await canvas.reply_to(history))["text"]
+    # A job's command is answered "Working on it…" at once, which the refusal then replaces.
+    for command, answer in ((f"/vary #{image_id}", "editMessageText"),
+                            (f"/rate #{image_id} 5", "sendMessage"),
+                            (f"/upscale #{image_id}", "editMessageText")):
+        before = len(canvas.fake.calls)
+        await canvas.say(command)
+        await canvas.fake.wait_for(answer, lambda c: f"no image #{image_id}" in c.params["text"],
+                                   after=before)
 
 
 async def test_deleting_a_picture_of_an_album_takes_its_buttons_off_the_albums_keyboard(

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -98,9 +99,16 @@ def test_inpaint_takes_a_strength(tmp_path: Path) -> None:
         f"/inpaint a red circle on a blue background --image {picture} --mask {mask} "
         "--strength 0.5 --steps 10",
         f"/inpaint a red circle --image {picture} --mask {mask} --strength 0",
+        *(f"/inpaint a red circle on a blue background --image {picture} --mask {mask} "
+          f"--strength {strength} --steps 10 --seed 3" for strength in (0.1, 1.0)),
     ])
     assert run.returncode == 0, run.stderr
-    done, refused = run.replies
+    done, refused, light, full = run.replies
+    # Inside the mask, a light touch leaves the blue picture nearly as it was; full strength
+    # paints the red circle asked for.
+    red = [np.asarray(Image.open(run.images(reply["job"])[0]["path"]).convert("RGB"),
+                      dtype=float)[16:48, 16:48, 0].mean() for reply in (light, full)]
+    assert red[1] - red[0] > 25, red
     [image] = run.images(done["job"])
     resolved = json.loads(job_row(config.parent / "canvas.db", done["job"])["resolved"])
     assert resolved["strength"] == 0.5 and resolved["kind"] == "inpaint"
