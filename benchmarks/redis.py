@@ -21,6 +21,7 @@ disk every second as docker-compose.yml runs it, or with `--fsync always` at eve
     python -m benchmarks.redis --jobs 16 --rounds 10     # quicker
     python -m benchmarks.redis --skip-probe              # parts 1 and 2
     python -m benchmarks.redis --only-latency --rounds 60 [--fsync always]
+    python -m benchmarks.redis --device cuda --skip-probe   # two workers on one GPU vs one
 """
 
 from __future__ import annotations
@@ -42,10 +43,13 @@ from tests.redis_server import RedisServer
 ROOT = Path(__file__).resolve().parent.parent
 
 
+DEVICE = "cpu"  # --device: where the engines draw (cuda: every worker on the one GPU)
+
+
 def config(folder: Path, redis_url: str = "", max_batch: int = 1) -> Path:
     folder.mkdir(exist_ok=True)
     settings = {"storage": {"db": "canvas.db", "images": "images"},
-                "engine": {"device": "cpu", "max_batch": max_batch},
+                "engine": {"device": DEVICE, "max_batch": max_batch},
                 "limits": {"max_queue": 1000}}
     if redis_url:
         settings["queue"] = {"url": redis_url, "local_engine": False}
@@ -277,6 +281,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--probes", type=int, default=200)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the engines draw; cuda: 1 and 2 workers on the one GPU")
     parser.add_argument("--only-probe", action="store_true", help="just part 3")
     parser.add_argument("--skip-probe", action="store_true", help="parts 1 and 2 only")
     parser.add_argument("--only-latency", action="store_true", help="just part 2")
@@ -284,6 +290,8 @@ def main() -> int:
                         help="Redis' appendfsync: everysec, as docker-compose.yml runs it "
                              "(default), or always, a disk sync at every write")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
     folder = Path(tempfile.mkdtemp(prefix="canvas-redis-bench-"))
     server = RedisServer(folder / "redis", args.fsync).start()
     try:
