@@ -6,6 +6,7 @@ worker online. Each user gets each picture once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -19,7 +20,12 @@ import pytest
 import redis
 from PIL import Image
 
-from tests.conftest import job_row, write_config
+from bot import commands as cmd
+from bot.cli import build_service
+from bot.config import load_settings
+from bot.service import User
+from bot.store import Store
+from tests.conftest import Recorder, job_row, write_config
 from tests.redis_server import RedisServer
 from tests.test_durability import read_until
 
@@ -292,3 +298,36 @@ def test_a_new_version_reaches_every_worker_including_one_that_starts_later(
     back = [image for job, [image] in images_of(records).items() if job > 10]
     assert len(back) == 6 and {image["model_version"] for image in back} == {"base"}
     assert len({image["worker"] for image in back}) >= 2
+
+
+async def test_a_worker_found_while_the_bot_starts_is_fed_its_jobs(tmp_path, server,
+                                                                  workers_for, monkeypatch):
+    """The bot finds a worker that is already online while its engines start, and reads the
+    store before it handles any engine's news: a worker that joined in between must still be
+    handed jobs. (It was not: the job waited for ever.) The store's read is made slow here so
+    the worker surely joins in between."""
+    config = redis_config(tmp_path, server)
+    workers_for(config).start("alpha")
+    settings = load_settings(config)
+    store = await Store.open(settings.storage.db)
+    read_undelivered = store.undelivered_jobs
+
+    async def after_the_worker_joined():
+        await asyncio.sleep(4 * LEASE)
+        return await read_undelivered()
+
+    monkeypatch.setattr(store, "undelivered_jobs", after_the_worker_joined)
+    service = build_service(settings, store)
+    recorder = Recorder()
+    service.register("test", recorder)
+    await service.start()
+    try:
+        assert service.engines.online == 1  # the worker joined before the store was read
+        reply = await service.handle(User("test", "1", "ann"),
+                                     cmd.parse("/imagine a red circle --steps 2"))
+        await recorder.wait(reply.job_id, timeout=60)
+        [image] = recorder.images[reply.job_id]
+        assert image.width == 64
+    finally:
+        await service.stop()
+        await store.close()

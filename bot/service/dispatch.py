@@ -51,6 +51,11 @@ class Dispatch:
         self.engines.on_join = self._joined
         if self.engines.joiner is not None:
             self.engines.joiner.on_taken_back = self.taken_back
+        # Workers found while the engines started (the bot read the store after that) joined
+        # with no one to tell: fed now, or they would wait for jobs forever.
+        for handle in self.engines.handles:
+            if not handle.restartable:
+                self._joined(handle)
 
     async def stop(self) -> None:
         self.stopping = True
