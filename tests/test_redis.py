@@ -258,6 +258,8 @@ def test_redis_coming_back_empty_mid_job_still_gives_the_picture_once(
     [image] = images_of(records)[1]
     assert image["worker"] == "alpha"
     assert job_row(config.parent / "canvas.db", 1)["status"] == "done"
+    # The worker lived through it: its job was not made a second time elsewhere or by it.
+    assert "its result is dropped" not in (config.parent / "alpha.log").read_text()
 
 
 def server_events(server: RedisServer) -> int:

@@ -131,6 +131,7 @@ class RedisHub:
         self._tasks: list[asyncio.Task] = []
         self._pool: EnginePool | None = None
         self._lost_redis = False
+        self._redis_back = -float("inf")  # when Redis last came back after an outage
         self._stopping = False
         self.on_taken_back: Callable[[TakenBack], Awaitable[None]] | None = None
 
@@ -214,6 +215,7 @@ class RedisHub:
     async def _look(self) -> None:
         if self._lost_redis:
             self._lost_redis = False
+            self._redis_back = time.monotonic()
             await self._resend_lost()
         for worker in dict.fromkeys([*await self._workers(), *self.transports]):
             raw = await self.redis.get(streams.heartbeat(worker))
@@ -221,6 +223,11 @@ class RedisHub:
             if record and worker not in self.transports:
                 await self._joined(worker, record)
             elif record is None and worker in self.transports:
+                if time.monotonic() - self._redis_back < self.lease:
+                    # Redis may have come back without the heartbeat of a worker that lives
+                    # and beats again soon: taken for gone, its jobs (sent again just now)
+                    # would be taken back a second time and run twice.
+                    continue
                 await self._left(worker, "its heartbeat stopped")
             if worker in self.transports:
                 self.transports[worker].record = record
