@@ -404,11 +404,13 @@ async def test_a_flagged_picture_is_refused_but_a_spoiler_in_an_age_restricted_c
     assert_matches(picture(result), "circle", "red", "blue")  # the picture, only hidden
 
 
-async def test_style_option_autocompletes_the_style_names(world: World):
+async def test_style_option_autocompletes_the_style_names_and_styles_lists_them(world: World):
     typed = await world.fake.autocomplete("imagine", ALICE, "style", "p")
     await world.fake.wait_for(lambda: typed.callback)
     names = [choice["value"] for choice in typed.callback["data"]["choices"]]
     assert names == ["photo", "pixel-art"]
+    listing = await world.answer(await world.fake.slash("styles", ALICE))
+    assert "pixel-art · Retro 16-bit pixel art" in listing.content
 
 
 async def test_loras_by_name_autocomplete_are_listed_and_change_the_picture(world: World):

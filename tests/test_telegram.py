@@ -420,9 +420,12 @@ async def test_a_group_s_defaults_apply_there_and_a_user_s_options_win(canvas: C
     assert "no defaults of its own" in (await canvas.reply_to(reset))["text"]
 
 
-async def test_a_lora_by_name_is_listed_and_changes_the_picture(canvas: Canvas) -> None:
+async def test_loras_and_styles_are_listed_and_a_lora_by_name_changes_the_picture(
+        canvas: Canvas) -> None:
     listing = await canvas.reply_to(await canvas.say("/loras"))
     assert "ink · for Stable Diffusion 1.x/2.x" in listing["text"]
+    styles = await canvas.reply_to(await canvas.say("/styles"))
+    assert "pixel-art · Retro 16-bit pixel art" in styles["text"]
     scene = "/imagine a red circle on a blue background --seed 11 --steps 10"
     plain, inked = [(await canvas.photo_for(await canvas.say(text)))[0]
                     for text in (scene, f"{scene} --lora ink:1.0")]
