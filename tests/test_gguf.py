@@ -6,7 +6,9 @@ change."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sqlite3
 
 import numpy as np
 import pytest
@@ -73,3 +75,20 @@ def test_retrain_on_a_gguf_model_makes_a_version_it_then_draws_with(tmp_path):
     after = run_console(config, [f"/imagine {PROMPT} --seed 9 --steps 4"])
     [image] = after.images(after.replies[0]["job"])
     assert (image["model"], image["model_version"]) == ("sd3q8", "v1")
+
+    # The version, exported by name, is a LoRA a job can add to the quantized model.
+    with contextlib.closing(sqlite3.connect(config.parent / "canvas.db")) as db:
+        [(key,)] = db.execute("SELECT adapter FROM model_versions WHERE name = 'v1'").fetchall()
+    (tmp_path / "loras").mkdir()
+    shutil.copy(next((tmp_path / "images" / "blobs").rglob(key)),
+                tmp_path / "loras" / "mine.safetensors")
+    config = write_config(tmp_path, engine={"model": "sd3q8", "models": models,
+                                            "loras": "loras"})
+    scene = f"/imagine {PROMPT} --seed 9 --steps 4"
+    named = run_console(config, ["/model use base", scene, f"{scene} --lora mine:2"])
+    assert named.returncode == 0 and len(named.replies) == 3, (named.stderr, named.replies)
+    plain, with_lora = (named.images(reply["job"])[0] for reply in named.replies[1:])
+    assert plain["model_version"] == with_lora["model_version"] == "base"
+    difference = np.abs(np.asarray(Image.open(plain["path"]), dtype=float)
+                        - np.asarray(Image.open(with_lora["path"]), dtype=float)).mean()
+    assert difference > 0.5, difference  # the LoRA reached the quantized denoiser
