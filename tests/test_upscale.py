@@ -46,7 +46,9 @@ def spandrel(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     rotation, RestoreFormer's normalisation) that ESRGAN never uses, and no torchvision imports
     beside the CPU torch ./canvas pins: there, stand-ins for those names, which fail if called,
     are in sys.modules while spandrel imports. Afterwards both are gone again, so the rest of
-    this process, diffusers' and transformers' torchvision checks included, sees neither."""
+    this process, diffusers' and transformers' torchvision checks included, sees neither
+    (what else was first imported meanwhile stays: dropped, it would come back as new classes
+    in a process that holds the old ones)."""
     before = set(sys.modules)
     if not imports("torchvision"):
         functional = ModuleType("torchvision.transforms.functional")
@@ -62,7 +64,8 @@ def spandrel(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
             monkeypatch.setitem(sys.modules, name, module)
     yield importlib.import_module("spandrel")
     for name in set(sys.modules) - before:
-        del sys.modules[name]
+        if name.partition(".")[0] in ("spandrel", "torchvision"):
+            del sys.modules[name]
 
 
 def test_upscale_doubles_or_quadruples_the_picture_and_keeps_what_it_shows(

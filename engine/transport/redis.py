@@ -410,7 +410,8 @@ class RedisHub:
     async def _drop_passed(self) -> None:
         await asyncio.sleep(PASSING_SETTLE_DELAY)
         entries, self._passed = self._passed, []
-        await self._drop_event(*entries)
+        if entries:  # stop() may have dropped them meanwhile
+            await self._drop_event(*entries)
 
     async def _drop_event(self, *entry_ids: bytes) -> None:
         async def drop() -> None:

@@ -79,17 +79,18 @@ class EventLine:
     def _tell(self, command: tuple) -> None:
         try:
             self._read_ready()
-            # No health check: its PING would read a reply owed to an earlier command.
-            self.connection.send_command(*command, check_health=False)
-            self.owed += 1
+            self._send(command)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             self.reset()
             raise
 
     def _ask(self, command: tuple) -> Any:
         try:
-            self.connection.send_command(*command, check_health=False)
-            self.owed += 1
+            self._read_ready()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            self.reset()  # closed while idle (Redis restarted): this command opens a new one
+        try:
+            self._send(command)
             while self.owed > 1:
                 self._read_owed()
             self.owed = 0
@@ -97,6 +98,12 @@ class EventLine:
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             self.reset()
             raise
+
+    def _send(self, command: tuple) -> None:
+        # The health check (a PING after an idle spell, which finds a connection that died
+        # without a word) only while nothing is owed: its PING would read an owed reply.
+        self.connection.send_command(*command, check_health=self.owed == 0)
+        self.owed += 1
 
     def reset(self) -> None:
         """The connection broke: what it owed is lost with it (passing events only; a
@@ -110,8 +117,8 @@ class EventLine:
         while self.connection.can_read(timeout=0):
             if self.owed:
                 self._read_owed()
-            else:  # nothing is owed: not ours (RESP2 has no pushes), so drop it
-                self.connection.read_response()
+            else:  # nothing is owed: a RESP3 push (a server's notice), read and dropped
+                self.connection.read_response(push_request=True)
 
     def _read_owed(self) -> None:
         self.owed -= 1
