@@ -99,23 +99,22 @@ class Adapters:
         finally:
             self.for_generation()
 
+    # Called while a batch generates: the weights must not be inference tensors, which a
+    # later /retrain's new adapter could not switch training on for.
+    @torch.inference_mode(False)
     def _load_named(self, name: str, key: str) -> str:
         adapter = f"lora-{key.split('.')[0][:16]}"
         if adapter in self.loaded:
             return adapter
-        # Called while a batch generates: the weights must not be inference tensors, which
-        # a later /retrain's new adapter could not switch training on for.
-        with torch.inference_mode(False):
-            state, alphas = self._read(self.blobs.path(key))
+        state, alphas = self._read(self.blobs.path(key))
         # diffusers' own files name the denoiser's part (a DreamBooth file has text_encoder.*
         # too, which is not applied: the text encoders take no LoRA here); a version
         # /retrain made names nothing.
         prefix = next((part for part in ("unet", "transformer")
                        if any(key.startswith(f"{part}.") for key in state)), None)
         try:
-            with torch.inference_mode(False):
-                self.denoiser.load_lora_adapter(state, network_alphas=alphas,
-                                                adapter_name=adapter, prefix=prefix)
+            self.denoiser.load_lora_adapter(state, network_alphas=alphas, adapter_name=adapter,
+                                            prefix=prefix)
         except Exception as error:
             with contextlib.suppress(Exception):
                 self.denoiser.delete_adapters(adapter)
