@@ -3,9 +3,6 @@ batched against one by one, cancel between steps, bad requests."""
 
 from __future__ import annotations
 
-import queue
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,50 +10,16 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from engine import protocol, worker
-from engine.blobs import LocalBlobs
-from engine.params import Params
 from engine.pipelines import fit_size, load
 from engine.shapes import MODEL_DIR
 from engine.worker import Engine
+from tests.engine_harness import Harness, job
 from tests.lora_file import write_random_lora
 
 
 @pytest.fixture(scope="module")
 def pipelines():
     return load("bundled:shapes", "cpu")
-
-
-class Harness:
-    """An Engine fed from a list, recording what it sends; `on_send` may react mid-run. Its
-    pictures, in and out, live in a blob store in `folder`."""
-
-    def __init__(self, pipelines, folder: Path, max_batch: int, upscaler: str = "") -> None:
-        self.sent: list[protocol.FromEngine] = []
-        self.inbox: queue.Queue = queue.Queue()
-        self.on_send = lambda message: None
-        self.blobs = LocalBlobs(folder)
-        self.engine = Engine(pipelines, self.blobs, max_batch, self._send, self.inbox, upscaler)
-
-    def _send(self, message: protocol.FromEngine) -> None:
-        self.sent.append(message)
-        self.on_send(message)
-
-    def run(self, *jobs: protocol.Job) -> dict[int, protocol.Result]:
-        self.engine.run_all(list(jobs))
-        return {m.job_id: m for m in self.sent if isinstance(m, protocol.Result)}
-
-    def of_type(self, kind: type) -> list:
-        return [m for m in self.sent if isinstance(m, kind)]
-
-    def open(self, image: protocol.ImageBlob) -> Image.Image:
-        return Image.open(self.blobs.path(image.blob))
-
-    def pixels(self, image: protocol.ImageBlob) -> np.ndarray:
-        return np.asarray(self.open(image).convert("RGB")).astype(int)
-
-
-def job(job_id: int, kind: str, prompt: str, **given) -> protocol.Job:
-    return protocol.Job(job_id, Params(kind=kind, prompt=prompt, **given))
 
 
 def test_engine_image_equals_a_direct_diffusers_call(pipelines, tmp_path):
@@ -335,7 +298,7 @@ def test_one_image_out_of_memory_falls_back_to_offload_once_then_fails(pipelines
 def test_jobs_with_different_loras_are_batched_apart_and_draw_as_they_would_alone(tmp_path):
     """Adapters are the model's, not each picture's: a batch shares its LoRAs. Fresh
     pipelines, since the LoRAs stay loaded on them."""
-    jobs, sizes, pixels = [], {}, {}
+    sizes, pixels = {}, {}
     for max_batch in (4, 1):
         harness = Harness(load("bundled:shapes", "cpu"), tmp_path / f"batch-{max_batch}",
                           max_batch)

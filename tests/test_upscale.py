@@ -22,8 +22,8 @@ from engine.pipelines import load
 from engine.shapes import checker
 from engine.upscaler import UpscalerError, load_upscaler
 from tests.conftest import job_row, run_console, write_config
+from tests.engine_harness import Harness, job
 from tests.esrgan_file import write_nearest_esrgan
-from tests.test_engine import Harness, job
 from tests.tiny_upscaler import write_tiny_x4_upscaler
 
 
@@ -45,10 +45,11 @@ def spandrel(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """spandrel, imported for one test. It imports torchvision for two architectures (LaMa's
     rotation, RestoreFormer's normalisation) that ESRGAN never uses, and no torchvision imports
     beside the CPU torch ./canvas pins: there, stand-ins for those names, which fail if called,
-    are in sys.modules while spandrel imports. Afterwards both are gone again, so the rest of
-    this process, diffusers' and transformers' torchvision checks included, sees neither
-    (what else was first imported meanwhile stays: dropped, it would come back as new classes
-    in a process that holds the old ones)."""
+    are in sys.modules while spandrel imports. Afterwards spandrel and the stand-ins are gone
+    again, so the rest of this process, diffusers' and transformers' torchvision checks
+    included, sees neither (what else was first imported meanwhile, a real torchvision
+    included, stays: dropped, it would come back as new classes in a process that holds the
+    old ones)."""
     before = set(sys.modules)
     if not imports("torchvision"):
         functional = ModuleType("torchvision.transforms.functional")
@@ -63,8 +64,8 @@ def spandrel(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
                              ("torchvision.transforms.functional", functional)):
             monkeypatch.setitem(sys.modules, name, module)
     yield importlib.import_module("spandrel")
-    for name in set(sys.modules) - before:
-        if name.partition(".")[0] in ("spandrel", "torchvision"):
+    for name in set(sys.modules) - before:  # the stand-ins go with monkeypatch's undo
+        if name.partition(".")[0] == "spandrel":
             del sys.modules[name]
 
 
